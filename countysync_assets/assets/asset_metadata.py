@@ -1,0 +1,53 @@
+"""Metadata every countysync asset carries: its column schema, and per run its row count and
+the min/max ``updated_at`` of the rows it holds (plotted over time in the Dagster UI)."""
+
+import pandas as pd
+from dagster import MetadataValue, TableColumn, TableSchema
+
+from countysync_assets.io_managers.format_io_manager import (
+    CURSOR_COLUMN,
+    FORMATS,
+    KEY_COLUMNS,
+    SQLITE_DB,
+)
+
+GROUP = "parcels"
+
+
+def column_schema(columns: dict[str, str]) -> TableSchema:
+    """A Dagster table schema from ``{column: "type: description"}``."""
+    return TableSchema(columns=[
+        TableColumn(name, kind.split(":")[0].strip(), description=kind.partition(":")[2].strip())
+        for name, kind in columns.items()
+    ])
+
+
+def storage_metadata(columns: dict[str, str], formats: list[str], sqlite_db: str | None = None,
+                     keyed: bool = True) -> dict:
+    """Definition metadata: the schema, and how the IO managers store the asset by default."""
+    metadata = {"dagster/column_schema": column_schema(columns), FORMATS: formats}
+    if keyed:
+        metadata.update({KEY_COLUMNS: ["id"], CURSOR_COLUMN: "updated_at"})
+    if sqlite_db:
+        metadata[SQLITE_DB] = sqlite_db
+    return metadata
+
+
+def window_metadata(frame: pd.DataFrame) -> dict:
+    """Row count and the range of ``updated_at`` in ``frame``."""
+    metadata: dict = {"dagster/row_count": len(frame)}
+    if len(frame) and "updated_at" in frame:
+        metadata["min_updated_at"] = MetadataValue.text(frame["updated_at"].min().isoformat())
+        metadata["max_updated_at"] = MetadataValue.text(frame["updated_at"].max().isoformat())
+    return metadata
+
+
+def select_columns(frame: pd.DataFrame, columns: list[str], asset: str) -> pd.DataFrame:
+    """``frame[columns]``, or an error naming the source columns the asset needs but lacks."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{asset} needs column(s) {missing}, which the source does not have; it has "
+            f"{list(frame.columns)}. Rename them in the source or a view over it."
+        )
+    return frame[columns]

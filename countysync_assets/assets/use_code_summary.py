@@ -1,0 +1,39 @@
+"""``use_code_summary``: parcels, acres and assessed value per land use code, county-wide."""
+
+import pandas as pd
+from dagster import AssetIn, BackfillPolicy, Output, asset
+
+from countysync_assets.assets.asset_metadata import GROUP, storage_metadata
+
+COLUMNS = {
+    "use_code": "string: Washington DOR land use code",
+    "parcel_count": "integer: parcels with this use code",
+    "total_acres": "float: their total area in acres",
+    "total_assessed_value": "integer: their total assessed value, USD",
+}
+
+
+@asset(
+    ins={"stats": AssetIn()},
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"pandas", "sqlite", "csv"},
+    metadata=storage_metadata(COLUMNS, ["sqlite", "csv"], sqlite_db="stats_db.sqlite",
+                              keyed=False),
+    description="Parcel count, total acres and total assessed value per use code over the "
+    "whole current parcel set (stats_db.sqlite table use_code_summary, use_code_summary.csv).",
+)
+def use_code_summary(stats: pd.DataFrame) -> Output[pd.DataFrame]:
+    summary = (
+        stats.groupby("use_code", dropna=False)
+        .agg(parcel_count=("id", "size"), total_acres=("acres", "sum"),
+             total_assessed_value=("assessed_value", "sum"))
+        .reset_index()
+        .sort_values("use_code", ignore_index=True)
+    )
+    summary["total_acres"] = summary["total_acres"].round(4)
+    return Output(summary, metadata={
+        "dagster/row_count": len(summary),
+        "parcels": int(summary["parcel_count"].sum()),
+        "total_assessed_value": int(summary["total_assessed_value"].sum()),
+    })

@@ -1,0 +1,35 @@
+"""``working``: the editable working set GIS staff use: who owns which parcel, and where."""
+
+import pandas as pd
+from dagster import BackfillPolicy, Output, asset
+
+from countysync_assets.assets.asset_metadata import (
+    GROUP,
+    select_columns,
+    storage_metadata,
+    window_metadata,
+)
+from countysync_assets.partitions import PARTITIONS
+
+COLUMNS = {
+    "id": "integer: parcel row key in the master table",
+    "parcel_id": "string: county parcel number",
+    "owner": "string: owner of record",
+    "use_code": "string: Washington DOR land use code",
+    "situs_address": "string: site address",
+    "updated_at": "timestamp: last change in the master table (UTC)",
+}
+
+
+@asset(
+    partitions_def=PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"pandas", "sqlite", "csv", "json"},
+    metadata=storage_metadata(COLUMNS, ["sqlite", "csv", "json"], sqlite_db="working_db.sqlite"),
+    description="Working set (owner, address, use code) of parcels changed in the window; "
+    "working_db.sqlite holds the merged current state, CSV/JSON one file per window.",
+)
+def working(master_parcels: pd.DataFrame) -> Output[pd.DataFrame]:
+    frame = select_columns(master_parcels, list(COLUMNS), "working")
+    return Output(frame, metadata=window_metadata(frame))

@@ -1,0 +1,112 @@
+"""``countysync``: the things that are not assets (the demo source, and helpers for scripts).
+
+    countysync demo-source --rows 50000 [--path P | --url URL] [--seed S]
+    countysync churn --updates N --inserts N --deletes N [--path P | --url URL]
+    countysync partition-range        first...last partition, for --partition-range
+    countysync outputs                where each output is and what it holds
+"""
+
+import argparse
+import os
+import sqlite3
+import sys
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+from countysync_assets import demo_source
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--path", help="SQLite file of the demo source "
+                        "(default data/demo_source.sqlite)")
+    target.add_argument("--url", help="SQLAlchemy URL to write the demo source to instead, "
+                        "e.g. postgresql+psycopg://postgres@127.0.0.1/countysync")
+
+
+def _print_demo(args: argparse.Namespace) -> None:
+    as_of = datetime.fromisoformat(args.as_of) if args.as_of else None
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
+    result = demo_source.create_demo_source(demo_source.source_url(args.path, args.url),
+                                            rows=args.rows, seed=args.seed, as_of=as_of)
+    print(f"Created demo source {result['url']}: {result['rows']} parcels (seed {result['seed']}),"
+          f" updated_at {result['updated_from']} .. {result['updated_to']} UTC.")
+
+
+def _print_churn(args: argparse.Namespace) -> None:
+    result = demo_source.churn(demo_source.source_url(args.path, args.url), updates=args.updates,
+                               inserts=args.inserts, deletes=args.deletes, seed=args.seed)
+    print(f"Churned the demo source: {result['updated']} updated, {result['inserted']} inserted, "
+          f"{result['deleted']} deleted at {result['updated_at']:%Y-%m-%d %H:%M:%S} UTC.")
+
+
+def _print_partition_range(_: argparse.Namespace) -> None:
+    from countysync_assets.partitions import PARTITIONS
+
+    keys = PARTITIONS.get_partition_keys()
+    print(f"{keys[0]}...{keys[-1]}")
+
+
+def _print_outputs(args: argparse.Namespace) -> None:
+    root = Path(args.export_dir or os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports")
+    if not root.is_dir():
+        print(f"No outputs yet: {root} does not exist.")
+        return
+    print(f"Outputs in {root.resolve()}:")
+    for path in sorted(root.glob("*.sqlite")) + sorted(root.glob("*.gpkg")):
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'gpkg%' "
+                "AND name NOT LIKE 'rtree%' AND name NOT LIKE 'sqlite%'")]
+            counts = ", ".join(f"{t} ({conn.execute(f'SELECT count(*) FROM [{t}]').fetchone()[0]}"
+                               " rows)" for t in tables)
+        print(f"  {path.name:<22} current state: {counts}")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
+        kinds = sorted({f.suffix for f in files})
+        print(f"  {folder.name + '/':<22} {len(files)} files ({', '.join(kinds)}), one per "
+              "partition: the rows changed in that window")
+    for path in sorted(root.glob("*.csv")):
+        print(f"  {path.name:<22} whole-county table")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="countysync", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo-source", help="create the embedded demo MasterParcels source")
+    demo.add_argument("--rows", type=int, default=50_000)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--as-of", help="latest updated_at (ISO date, UTC); default today 00:00")
+    _add_target(demo)
+    demo.set_defaults(run=_print_demo)
+
+    churn = commands.add_parser("churn", help="edit the demo source like a day of assessor work")
+    churn.add_argument("--updates", type=int, default=0)
+    churn.add_argument("--inserts", type=int, default=0)
+    churn.add_argument("--deletes", type=int, default=0)
+    churn.add_argument("--seed", type=int, default=None)
+    _add_target(churn)
+    churn.set_defaults(run=_print_churn)
+
+    span = commands.add_parser("partition-range", help="print first...last partition key")
+    span.set_defaults(run=_print_partition_range)
+
+    outputs = commands.add_parser("outputs", help="list the outputs and what they hold")
+    outputs.add_argument("--export-dir", default=None)
+    outputs.set_defaults(run=_print_outputs)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, OSError) as err:
+        print(f"countysync {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The countysync code location: assets, resources and the sync job.
+
+Configuration comes from the environment and ``.env`` (see README, "Configuration").
+"""
+
+import os
+
+from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
+
+from countysync_assets import assets
+from countysync_assets.io_managers.export_io_manager import (
+    ExportIOManager,
+    check_formats,
+    parse_formats,
+)
+from countysync_assets.partitions import PARTITIONS
+from countysync_assets.resources.source_config import source_from_env
+
+all_assets = load_assets_from_modules([assets])
+
+sync_job = define_asset_job(
+    "sync_parcels",
+    selection=AssetSelection.all(),
+    partitions_def=PARTITIONS,
+    description="Extract changed parcels for the chosen windows and publish every output.",
+)
+
+
+def export_io_manager_from_env() -> ExportIOManager:
+    """The export IO manager with ``COUNTYSYNC_EXPORT_DIR`` and ``COUNTYSYNC_FORMATS``."""
+    formats = parse_formats(os.environ.get("COUNTYSYNC_FORMATS"))
+    check_formats(formats, {key.path[-1] for a in all_assets for key in a.keys})
+    return ExportIOManager(export_dir=os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports",
+                           formats=formats)
+
+
+defs = Definitions(
+    assets=all_assets,
+    jobs=[sync_job],
+    resources={"source": source_from_env(), "io_manager": export_io_manager_from_env()},
+)

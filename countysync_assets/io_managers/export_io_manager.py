@@ -1,0 +1,119 @@
+"""The IO manager every asset uses: writes each asset to its configured formats, all or nothing.
+
+Formats per asset come from the asset's ``countysync/formats`` metadata, overridden by the
+``formats`` config (``COUNTYSYNC_FORMATS`` in the environment), so a county can add or drop a
+format without code changes. Every format stages first; only when all have staged does any
+publish, so if one writer fails the outputs stay exactly as they were before the run.
+Inputs are loaded from the asset's first format that can load (SQLite or GeoPackage).
+"""
+
+import json
+from typing import Any
+
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+from pydantic import Field
+
+from countysync_assets.io_managers.csv_io_manager import CsvIOManager
+from countysync_assets.io_managers.format_io_manager import FORMATS, FormatIOManager
+from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
+from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
+from countysync_assets.io_managers.json_io_manager import JsonIOManager
+from countysync_assets.io_managers.publishing import asset_name
+from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
+
+FORMAT_MANAGERS: dict[str, type[FormatIOManager]] = {
+    "sqlite": SQLiteIOManager,
+    "gpkg": GeoPackageIOManager,
+    "csv": CsvIOManager,
+    "json": JsonIOManager,
+    "geojson": GeoJsonIOManager,
+}
+LOADABLE = ("sqlite", "gpkg")
+
+
+def parse_formats(text: str | None) -> dict[str, list[str]]:
+    """``COUNTYSYNC_FORMATS`` (JSON, e.g. ``{"working": ["sqlite", "csv"]}``) as a mapping."""
+    if not text or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"COUNTYSYNC_FORMATS is not valid JSON ({err.msg}); write it like "
+            '{"working": ["sqlite", "csv"], "stats": ["sqlite"]}.'
+        ) from None
+    if not isinstance(value, dict) or not all(
+        isinstance(v, list) and all(isinstance(f, str) for f in v) for v in value.values()
+    ):
+        raise ValueError('COUNTYSYNC_FORMATS must map asset names to lists of formats, like '
+                         '{"working": ["sqlite", "csv"]}.')
+    return value
+
+
+def check_formats(formats: dict[str, list[str]], asset_names: set[str]) -> None:
+    """Refuse unknown assets and formats with a message that lists the valid ones."""
+    for name, chosen in formats.items():
+        if name not in asset_names:
+            raise ValueError(f"COUNTYSYNC_FORMATS names asset {name!r}, which does not exist; "
+                             f"assets: {', '.join(sorted(asset_names))}.")
+        unknown = [f for f in chosen if f not in FORMAT_MANAGERS]
+        if unknown or not chosen:
+            raise ValueError(f"COUNTYSYNC_FORMATS gives {name!r} the formats {chosen}; each must "
+                             f"be one of {', '.join(FORMAT_MANAGERS)} and at least one is needed.")
+
+
+class ExportIOManager(ConfigurableIOManager):
+    """Routes each asset to its formats under one export folder."""
+
+    export_dir: str = Field(default="exports", description="Folder that holds every output.")
+    formats: dict[str, list[str]] = Field(
+        default_factory=dict, description="Formats per asset name, overriding the defaults."
+    )
+    gpkg_file_name: str = Field(default="geo_db.gpkg", description="GeoPackage file name.")
+
+    def formats_for(self, context: OutputContext | InputContext) -> list[str]:
+        name = asset_name(context)
+        if name in self.formats:
+            return self.formats[name]
+        metadata = (context.upstream_output if isinstance(context, InputContext)
+                    else context).definition_metadata or {}
+        return list(metadata.get(FORMATS) or ["sqlite"])
+
+    def manager(self, fmt: str) -> FormatIOManager:
+        if fmt == "gpkg":
+            return GeoPackageIOManager(export_dir=self.export_dir, file_name=self.gpkg_file_name)
+        return FORMAT_MANAGERS[fmt](export_dir=self.export_dir)
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        # Transactions commit first: a GeoPackage commit can wait on a reader and time out,
+        # and until it succeeds nothing else has been published.
+        chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
+        staged = []
+        try:
+            for fmt in chosen:
+                staged.append(self.manager(fmt).stage(context, obj))
+        except BaseException:
+            for write in staged:
+                write.rollback()
+            raise
+        for position, write in enumerate(staged):
+            try:
+                write.commit()
+            except BaseException:
+                for later in staged[position + 1:]:
+                    later.rollback()
+                raise
+        metadata: dict[str, Any] = {"formats": ", ".join(chosen)}
+        for write in staged:
+            metadata.update(write.metadata)
+        context.add_output_metadata(metadata)
+
+    def load_input(self, context: InputContext) -> Any:
+        chosen = self.formats_for(context)
+        for fmt in chosen:
+            if fmt in LOADABLE:
+                return self.manager(fmt).load_input(context)
+        raise TypeError(
+            f"{context.asset_key.to_user_string()} is written only as {chosen}, which cannot be "
+            "read back; add 'sqlite' (or 'gpkg') to its formats to use it as an input."
+        )

@@ -1,0 +1,104 @@
+"""The base of every per-format IO manager, and the asset metadata keys they read.
+
+Each format stages its output (``stage``) and publishes it only when told to (``commit``), so
+``ExportIOManager`` can write one asset to several formats all-or-nothing. Used alone, a
+format IO manager stages and commits at once.
+"""
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+from pydantic import Field
+
+from countysync_assets.io_managers.publishing import (
+    StagedWrite,
+    asset_name,
+    export_path,
+    staged_files,
+    temp_sibling,
+)
+from countysync_assets.partitions import partition_keys_for
+
+# Asset definition metadata that tells the IO managers how to store an asset.
+KEY_COLUMNS = "countysync/key_columns"  # merge key of current-state stores, e.g. ["id"]
+CURSOR_COLUMN = "countysync/cursor_column"  # the time column partitions are windows over
+SQLITE_DB = "countysync/sqlite_db"  # database file name; default "<asset>.sqlite"
+GPKG_LAYER = "countysync/gpkg_layer"  # GeoPackage layer name; default the asset name
+FORMATS = "countysync/formats"  # the asset's default formats, e.g. ["sqlite", "csv"]
+
+
+class FormatIOManager(ConfigurableIOManager):
+    """Writes an asset in one format under ``export_dir``."""
+
+    export_dir: str = Field(default="exports", description="Folder that holds every output.")
+
+    def stage(self, context: OutputContext, obj: Any) -> StagedWrite:
+        """Write ``obj`` where no reader sees it yet; must clean up after itself on failure."""
+        raise NotImplementedError
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        staged = self.stage(context, obj)
+        try:
+            staged.commit()
+        except BaseException:
+            staged.rollback()
+            raise
+        context.add_output_metadata(staged.metadata)
+
+    def load_input(self, context: InputContext) -> Any:
+        raise TypeError(
+            f"{type(self).__name__} publishes files for people and other systems; it cannot "
+            f"load {context.asset_key.to_user_string()} as an input. Store the asset in SQLite "
+            "or GeoPackage too (first in its formats list) to use it downstream."
+        )
+
+
+class PartitionedFileIOManager(FormatIOManager):
+    """One file per partition (the rows that changed in that window), published by rename.
+
+    A run over a partition range writes one file per partition in the range; a window with
+    no changes gets an empty file, so every synced window has its file and a rerun replaces it.
+    """
+
+    extension: ClassVar[str] = ""
+
+    def write_file(self, frame: pd.DataFrame, temp: Path, final: Path) -> None:
+        """Write ``frame`` to ``temp``; it is renamed to ``final`` when the run commits."""
+        raise NotImplementedError
+
+    def stage(self, context: OutputContext, obj: pd.DataFrame) -> StagedWrite:
+        name = asset_name(context)
+        if not context.has_asset_partitions:
+            targets = [(export_path(self.export_dir, f"{name}{self.extension}"), obj)]
+        else:
+            keys = context.asset_partition_keys
+            cursor = context.definition_metadata[CURSOR_COLUMN]
+            labels = partition_keys_for(context.asset_partitions_def, keys, obj[cursor])
+            if labels.isna().any():
+                raise ValueError(
+                    f"{int(labels.isna().sum())} row(s) of {name} have {cursor} outside the "
+                    f"partitions being written ({keys[0]} to {keys[-1]})."
+                )
+            groups = dict(iter(obj.groupby(labels, sort=False))) if len(obj) else {}
+            targets = [
+                (export_path(self.export_dir, name, f"{key}{self.extension}"),
+                 groups.get(key, obj.iloc[:0]))
+                for key in keys
+            ]
+        files = []
+        try:
+            for final, frame in targets:
+                temp = temp_sibling(final)
+                files.append((temp, final))
+                self.write_file(frame, temp, final)
+        except BaseException:
+            staged_files(name, files).rollback()
+            raise
+        staged = staged_files(f"{name} {self.extension}", files)
+        staged.metadata = {
+            f"{self.extension.lstrip('.')}_files": len(files),
+            f"{self.extension.lstrip('.')}_path": str(targets[-1][0]),
+        }
+        return staged

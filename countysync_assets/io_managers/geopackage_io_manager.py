@@ -1,0 +1,187 @@
+"""GeoPackage: the merged current state of parcel geometry, in the source's native CRS.
+
+pyogrio (GDAL) writes the incoming rows to a staging GeoPackage next to the target; then one
+SQLite transaction on the target upserts them with the same newer-wins rule as the SQLite IO
+manager, so the layer keeps its spatial index, its fids and every row the run did not touch.
+The first write publishes the staging file itself by atomic rename.
+
+GDAL's R-tree triggers call the GeoPackage SQL functions ``ST_IsEmpty`` and ``ST_MinX`` ...;
+plain ``sqlite3`` lacks them, so they are registered here, reading the envelope that every
+GeoPackage geometry blob carries in its header (GeoPackage spec, clause 2.1.3).
+"""
+
+import os
+import sqlite3
+import struct
+from pathlib import Path
+
+import geopandas as gpd
+import pyogrio
+import shapely
+from dagster import InputContext, OutputContext
+from pydantic import Field
+
+from countysync_assets.io_managers.format_io_manager import (
+    CURSOR_COLUMN,
+    GPKG_LAYER,
+    KEY_COLUMNS,
+    FormatIOManager,
+)
+from countysync_assets.io_managers.publishing import (
+    StagedWrite,
+    asset_name,
+    export_path,
+    temp_sibling,
+)
+from countysync_assets.io_managers.sqlite_io_manager import quote, upsert_clause
+
+GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
+# GDAL stores GeoPackage datetimes with milliseconds and drops ".000": normalize to compare.
+GPKG_TIME = "strftime('%Y-%m-%dT%H:%M:%f', {})"
+
+
+def _envelope(blob: bytes) -> tuple[float, float, float, float]:
+    """(minx, maxx, miny, maxy) of a GeoPackage geometry blob."""
+    flags = blob[3]
+    if (flags >> 1) & 0b111:  # the header carries an envelope
+        return struct.unpack_from("<4d" if flags & 1 else ">4d", blob, 8)
+    minx, miny, maxx, maxy = shapely.from_wkb(blob[8:]).bounds
+    return minx, maxx, miny, maxy
+
+
+def _register_gpkg_functions(conn: sqlite3.Connection) -> None:
+    conn.create_function("ST_IsEmpty", 1, lambda g: None if g is None else (g[3] >> 4) & 1,
+                         deterministic=True)
+    for position, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        conn.create_function(
+            name, 1, lambda g, i=position: None if g is None else _envelope(g)[i],
+            deterministic=True,
+        )
+
+
+class GeoPackageIOManager(FormatIOManager):
+    """Current state in ``<export_dir>/<file_name>``, one layer per asset."""
+
+    file_name: str = Field(default="geo_db.gpkg", description="GeoPackage file name.")
+
+    def _target(self, context: OutputContext | InputContext) -> tuple[Path, str]:
+        metadata = (context.upstream_output if isinstance(context, InputContext)
+                    else context).definition_metadata or {}
+        layer = metadata.get(GPKG_LAYER) or asset_name(context)
+        return export_path(self.export_dir, self.file_name), layer
+
+    def stage(self, context: OutputContext, obj: gpd.GeoDataFrame) -> StagedWrite:
+        metadata = context.definition_metadata or {}
+        keys = list(metadata.get(KEY_COLUMNS) or [])
+        cursor = metadata.get(CURSOR_COLUMN)
+        path, layer = self._target(context)
+        if obj.empty:  # nothing changed in the window: the current state stays as it is
+            return StagedWrite(f"{path.name}:{layer}", metadata={"gpkg_rows_inserted": 0})
+        temp = temp_sibling(path)
+        try:
+            pyogrio.write_dataframe(
+                obj, temp, layer=layer, driver="GPKG", promote_to_multi=True,
+                geometry_type="MultiPolygon", use_arrow=True,
+            )
+            if path.exists():
+                staged = self._stage_merge(path, temp, layer, list(obj.columns), keys, cursor)
+            else:
+                staged = self._stage_new(path, temp, layer, keys)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        staged.metadata.update({"gpkg_path": str(path), "gpkg_layer": layer})
+        return staged
+
+    @staticmethod
+    def _stage_new(path: Path, temp: Path, layer: str, keys: list[str]) -> StagedWrite:
+        with sqlite3.connect(temp) as conn:
+            if keys:
+                conn.execute(f"CREATE UNIQUE INDEX {quote(f'ux_{layer}_key')} ON {quote(layer)} "
+                             f"({', '.join(quote(k) for k in keys)})")
+            rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
+        conn.close()
+        return StagedWrite(
+            f"{path.name}:{layer}", [lambda: os.replace(temp, path)],
+            [lambda: temp.unlink(missing_ok=True)],
+            {"gpkg_rows_inserted": rows, "gpkg_rows_updated": 0, "gpkg_layer_rows": rows},
+        )
+
+    @staticmethod
+    def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
+                     keys: list[str], cursor: str | None) -> StagedWrite:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        try:
+            _register_gpkg_functions(conn)
+            conn.execute("ATTACH DATABASE ? AS staged", (str(temp),))
+            conn.execute("BEGIN IMMEDIATE")
+            existing = {r[1] for r in conn.execute(f"PRAGMA main.table_info({quote(layer)})")}
+            columns = [c for c in frame_columns if c != "geometry"] + [GEOMETRY_COLUMN]
+            missing = [c for c in columns if c not in existing]
+            if missing:
+                raise ValueError(
+                    f"Layer {layer!r} of {path} lacks column(s) {missing} (or does not exist). "
+                    f"The asset's columns changed: move {path.name} aside so the next run "
+                    "rebuilds it, then backfill every partition."
+                )
+            if keys:
+                conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
+                             f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
+            names = ", ".join(quote(c) for c in columns)
+            before = conn.execute(f"SELECT count(*) FROM main.{quote(layer)}").fetchone()[0]
+            written = conn.execute(
+                f"INSERT INTO main.{quote(layer)} ({names}) "
+                f"SELECT {names} FROM staged.{quote(layer)} WHERE true "
+                f"{upsert_clause(layer, columns, keys, cursor, GPKG_TIME)}"
+            ).rowcount
+            after = conn.execute(f"SELECT count(*) FROM main.{quote(layer)}").fetchone()[0]
+            conn.execute(
+                "UPDATE main.gpkg_contents SET "
+                "min_x = min(ifnull(min_x, s.min_x), s.min_x), "
+                "min_y = min(ifnull(min_y, s.min_y), s.min_y), "
+                "max_x = max(ifnull(max_x, s.max_x), s.max_x), "
+                "max_y = max(ifnull(max_y, s.max_y), s.max_y), "
+                "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                "FROM (SELECT * FROM staged.gpkg_contents WHERE table_name = ?) AS s "
+                "WHERE main.gpkg_contents.table_name = ? AND s.min_x IS NOT NULL",
+                (layer, layer),
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+
+        def commit() -> None:
+            try:
+                conn.execute("COMMIT")
+                conn.execute("DETACH DATABASE staged")
+            finally:
+                conn.close()
+                temp.unlink(missing_ok=True)
+
+        def rollback() -> None:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+                temp.unlink(missing_ok=True)
+
+        inserted = after - before
+        return StagedWrite(
+            f"{path.name}:{layer}", [commit], [rollback],
+            {"gpkg_rows_inserted": inserted, "gpkg_rows_updated": max(written, 0) - inserted,
+             "gpkg_layer_rows": after},
+        )
+
+    def load_input(self, context: InputContext) -> gpd.GeoDataFrame:
+        """The current features of the requested partitions (all if unpartitioned)."""
+        path, layer = self._target(context)
+        cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
+        where = None
+        if cursor and context.has_asset_partitions:
+            window = context.asset_partitions_time_window
+            where = (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
+                     f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
+        return pyogrio.read_dataframe(path, layer=layer, where=where, use_arrow=True)

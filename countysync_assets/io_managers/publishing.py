@@ -1,0 +1,128 @@
+"""What every format writer shares: safe paths under the export folder, staged writes that
+publish atomically (rename or commit) or roll back, and one text form for timestamps.
+
+A writer *stages* its output first (temp files, an open transaction) and only *commits* once
+every format of the asset has staged, so a failing writer leaves all outputs as they were.
+"""
+
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from dagster import InputContext, OutputContext
+
+_SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+
+
+def safe_part(name: str) -> str:
+    """A file-name part from an asset or partition key; refuses anything that could escape.
+
+    Hourly keys (``2026-01-05-13:00``) lose the colon, which Windows file systems refuse.
+    """
+    cleaned = name.replace(":", "")
+    if not _SAFE_PART.fullmatch(cleaned) or ".." in cleaned:
+        raise ValueError(
+            f"{name!r} cannot be used in an export file name: asset and partition keys may "
+            "only hold letters, digits, '_', '-', '.' and ':'."
+        )
+    return cleaned
+
+
+def export_path(export_dir: str | os.PathLike, *parts: str) -> Path:
+    """``export_dir/part/...``, guaranteed to stay inside ``export_dir``."""
+    root = Path(export_dir).resolve()
+    path = root.joinpath(*(safe_part(p) for p in parts)).resolve()
+    if root not in path.parents:
+        raise ValueError(f"{path} is outside the export folder {root}.")
+    return path
+
+
+def asset_name(context: OutputContext | InputContext) -> str:
+    """The asset's name (last key part), which names its table, layer and files."""
+    return context.asset_key.path[-1]
+
+
+def temp_sibling(path: Path) -> Path:
+    """A hidden temp path in the same folder, so ``os.replace`` onto ``path`` is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def timestamps_to_iso(frame: pd.DataFrame) -> pd.DataFrame:
+    """Datetime columns as ISO 8601 UTC text with microseconds and offset; other columns kept.
+
+    The fixed width makes the text sort like the instant, which the SQLite merge relies on.
+    """
+    converted = {}
+    for column, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            converted[column] = frame[column].dt.tz_convert("UTC").dt.strftime(ISO_FORMAT)
+        elif pd.api.types.is_datetime64_dtype(dtype):
+            converted[column] = frame[column].dt.strftime(ISO_FORMAT)
+    return frame.assign(**converted) if converted else frame
+
+
+@dataclass
+class StagedWrite:
+    """Output staged by one writer: ``commit`` publishes it, ``rollback`` discards it."""
+
+    description: str
+    commit_steps: list[Callable[[], None]] = field(default_factory=list)
+    rollback_steps: list[Callable[[], None]] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    def commit(self) -> None:
+        for step in self.commit_steps:
+            step()
+
+    def rollback(self) -> None:
+        for step in self.rollback_steps:
+            step()
+
+
+def staged_files(description: str, files: list[tuple[Path, Path]]) -> StagedWrite:
+    """Temp files already written; commit renames each onto its final path."""
+
+    def publish() -> None:
+        for temp, final in files:
+            os.replace(temp, final)
+
+    def discard() -> None:
+        for temp, _ in files:
+            temp.unlink(missing_ok=True)
+
+    return StagedWrite(description, [publish], [discard])
+
+
+def staged_transaction(description: str, conn: sqlite3.Connection) -> StagedWrite:
+    """An open SQLite transaction; commit commits it, rollback rolls it back. Both close."""
+
+    def commit() -> None:
+        try:
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def rollback() -> None:
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    return StagedWrite(description, [commit], [rollback])
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with explicit transactions (``BEGIN IMMEDIATE`` by caller)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn

@@ -1,0 +1,177 @@
+"""SQLite: the merged current state of an asset, one table per asset.
+
+Each output is upserted on the asset's key columns in one transaction (WAL mode). A stored row
+is replaced only by a version whose cursor (``updated_at``) is newer, or equally new with
+different values, so re-materializing an old window never overwrites newer data and a rerun
+writes nothing. Assets without key columns (summaries) are replaced whole, in one transaction.
+"""
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pandas as pd
+from dagster import InputContext, OutputContext
+
+from countysync_assets.io_managers.format_io_manager import (
+    CURSOR_COLUMN,
+    KEY_COLUMNS,
+    SQLITE_DB,
+    FormatIOManager,
+)
+from countysync_assets.io_managers.publishing import (
+    ISO_FORMAT,
+    StagedWrite,
+    asset_name,
+    export_path,
+    open_sqlite,
+    staged_transaction,
+    timestamps_to_iso,
+)
+
+TIMESTAMP = "TIMESTAMP"  # declared type of datetime columns, read back as UTC datetimes
+
+
+def quote(identifier: str) -> str:
+    """An SQLite identifier, quoted so any column name is safe."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+SCHEMA_TYPES = {"integer": "INTEGER", "float": "REAL", "string": "TEXT",
+                "timestamp": TIMESTAMP, "geometry": "BLOB"}
+
+
+def sqlite_type(series: pd.Series, declared: str | None = None) -> str:
+    """The column type: from the asset's column schema if declared, else from the data."""
+    if declared in SCHEMA_TYPES:
+        return SCHEMA_TYPES[declared]
+    dtype = series.dtype
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return TIMESTAMP
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        return "INTEGER"
+    if pd.api.types.is_float_dtype(dtype):
+        return "REAL"
+    sample = series.dropna()
+    if len(sample) and isinstance(sample.iloc[0], bytes | bytearray | memoryview):
+        return "BLOB"
+    return "TEXT"
+
+
+def to_rows(frame: pd.DataFrame) -> list[tuple]:
+    """Rows as plain Python values (ISO text for timestamps, None for missing)."""
+    plain = timestamps_to_iso(frame).astype(object)
+    return list(plain.where(plain.notna(), None).itertuples(index=False, name=None))
+
+
+def upsert_clause(table: str, columns: list[str], keys: list[str], cursor: str | None,
+                  cursor_expr: str = "{}") -> str:
+    """``ON CONFLICT (keys) DO UPDATE ...`` that lets only a newer or equally new, different
+    version replace the stored row. ``cursor_expr`` wraps the cursor for comparison."""
+    values = [c for c in columns if c not in keys]
+    target = quote(table)
+    differs = " OR ".join(f"{target}.{quote(c)} IS NOT excluded.{quote(c)}" for c in values)
+    rule = differs
+    if cursor:
+        new = cursor_expr.format(f"excluded.{quote(cursor)}")
+        old = cursor_expr.format(f"{target}.{quote(cursor)}")
+        rule = f"{new} > {old} OR ({new} = {old} AND ({differs}))"
+    assignments = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in values)
+    return (f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) "
+            f"DO UPDATE SET {assignments} WHERE {rule}")
+
+
+def insert_sql(table: str, columns: list[str]) -> str:
+    names = ", ".join(quote(c) for c in columns)
+    return f"INSERT INTO {quote(table)} ({names}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+class SQLiteIOManager(FormatIOManager):
+    """Current state in ``<export_dir>/<db>.sqlite``, table ``<asset>``."""
+
+    def db_path(self, context: OutputContext | InputContext) -> Path:
+        metadata = (context.upstream_output if isinstance(context, InputContext)
+                    else context).definition_metadata or {}
+        return export_path(self.export_dir,
+                           metadata.get(SQLITE_DB) or f"{asset_name(context)}.sqlite")
+
+    def stage(self, context: OutputContext, obj: pd.DataFrame) -> StagedWrite:
+        metadata = context.definition_metadata or {}
+        keys = list(metadata.get(KEY_COLUMNS) or [])
+        cursor = metadata.get(CURSOR_COLUMN)
+        path, table = self.db_path(context), asset_name(context)
+        conn = open_sqlite(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            schema = metadata.get("dagster/column_schema")
+            declared = {c.name: c.type for c in schema.columns} if schema else {}
+            self._ensure_table(conn, table, obj, declared, keys, cursor)
+            before = conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
+            columns = list(obj.columns)
+            if keys:
+                statement = (f"{insert_sql(table, columns)} "
+                             f"{upsert_clause(table, columns, keys, cursor)}")
+            else:
+                conn.execute(f"DELETE FROM {quote(table)}")
+                statement = insert_sql(table, columns)
+            written = max(conn.executemany(statement, to_rows(obj)).rowcount, 0)
+            after = conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
+        except BaseException:
+            conn.rollback()
+            conn.close()
+            raise
+        staged = staged_transaction(f"{path.name}:{table}", conn)
+        inserted = after - before if keys else written
+        staged.metadata = {
+            "sqlite_path": str(path),
+            "sqlite_table": table,
+            "sqlite_rows_inserted": inserted,
+            "sqlite_rows_updated": written - inserted,
+            "sqlite_rows_unchanged": len(obj) - written,
+            "sqlite_table_rows": after,
+        }
+        return staged
+
+    @staticmethod
+    def _ensure_table(conn: sqlite3.Connection, table: str, frame: pd.DataFrame,
+                      declared: dict[str, str], keys: list[str], cursor: str | None) -> None:
+        """Create the table (key, cursor index) or add columns the asset gained since."""
+        existing = {row[1] for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
+        if not existing:
+            columns = [f"{quote(c)} {sqlite_type(frame[c], declared.get(c))}"
+                       for c in frame.columns]
+            if keys:
+                columns.append(f"PRIMARY KEY ({', '.join(quote(k) for k in keys)})")
+            conn.execute(f"CREATE TABLE {quote(table)} ({', '.join(columns)})")
+            if cursor:
+                conn.execute(f"CREATE INDEX {quote(f'ix_{table}_{cursor}')} "
+                             f"ON {quote(table)} ({quote(cursor)})")
+            return
+        for column in frame.columns:
+            if column not in existing:
+                conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} "
+                             f"{sqlite_type(frame[column], declared.get(column))}")
+
+    def load_input(self, context: InputContext) -> pd.DataFrame:
+        """The current rows of the requested partitions (all rows if unpartitioned)."""
+        path, table = self.db_path(context), asset_name(context)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist yet: materialize {context.asset_key.to_user_string()} "
+                "before the assets that read it."
+            )
+        cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
+        query, params = f"SELECT * FROM {quote(table)}", []
+        if cursor and context.has_asset_partitions:
+            window = context.asset_partitions_time_window
+            query += f" WHERE {quote(cursor)} >= ? AND {quote(cursor)} < ?"
+            params = [window.start.strftime(ISO_FORMAT), window.end.strftime(ISO_FORMAT)]
+        with closing(sqlite3.connect(path)) as conn:
+            frame = pd.read_sql_query(query, conn, params=params)
+            declared = {row[1]: row[2]
+                        for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
+        for column, declared_type in declared.items():
+            if declared_type == TIMESTAMP:
+                frame[column] = pd.to_datetime(frame[column], utc=True,
+                                               format="ISO8601").astype("datetime64[us, UTC]")
+        return frame

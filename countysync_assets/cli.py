@@ -30,7 +30,8 @@ def _print_demo(args: argparse.Namespace) -> None:
     if as_of is not None and as_of.tzinfo is None:
         as_of = as_of.replace(tzinfo=UTC)
     result = demo_source.create_demo_source(demo_source.source_url(args.path, args.url),
-                                            rows=args.rows, seed=args.seed, as_of=as_of)
+                                            rows=args.rows, seed=args.seed, as_of=as_of,
+                                            days=args.days)
     print(f"Created demo source {result['url']}: {result['rows']} parcels (seed {result['seed']}),"
           f" updated_at {result['updated_from']} .. {result['updated_to']} UTC.")
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rows", type=int, default=50_000)
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--as-of", help="latest updated_at (ISO date, UTC); default today 00:00")
+    demo.add_argument("--days", type=float, default=365,
+                      help="spread updated_at over this many days before --as-of")
     _add_target(demo)
     demo.set_defaults(run=_print_demo)
 

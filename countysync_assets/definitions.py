@@ -13,7 +13,6 @@ from countysync_assets.io_managers.export_io_manager import (
     check_formats,
     parse_formats,
 )
-from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.source_config import source_from_env
 
 all_assets = load_assets_from_modules([assets])
@@ -21,7 +20,6 @@ all_assets = load_assets_from_modules([assets])
 sync_job = define_asset_job(
     "sync_parcels",
     selection=AssetSelection.all(),
-    partitions_def=PARTITIONS,
     description="Extract changed parcels for the chosen windows and publish every output.",
 )
 

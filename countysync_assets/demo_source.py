@@ -178,10 +178,13 @@ def _write(engine: sa.Engine, frame: pd.DataFrame) -> None:
 
 
 def create_demo_source(url: str, rows: int = 50_000, seed: int = 42,
-                       as_of: datetime | None = None) -> dict:
-    """(Re)create the demo MasterParcels table at ``url`` with ``rows`` parcels."""
+                       as_of: datetime | None = None, days: float = 365) -> dict:
+    """(Re)create the demo MasterParcels table at ``url`` with ``rows`` parcels whose
+    ``updated_at`` is spread over the ``days`` before ``as_of`` (default today 00:00 UTC)."""
     if rows < 1:
         raise ValueError("--rows must be at least 1.")
+    if days <= 0:
+        raise ValueError("--days must be more than 0.")
     as_of = as_of or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if url.startswith("sqlite:///"):
         Path(sa.make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +203,7 @@ def create_demo_source(url: str, rows: int = 50_000, seed: int = 42,
     chunk = 250_000
     for first in range(1, rows + 1, chunk):
         ids = np.arange(first, min(first + chunk, rows + 1), dtype="int64")
-        _write(engine, generate_parcels(ids, layout, seed, as_of))
+        _write(engine, generate_parcels(ids, layout, seed, as_of, timedelta(days=days)))
     with engine.connect() as conn:
         span = conn.execute(sa.select(sa.func.min(parcels.c.updated_at),
                                       sa.func.max(parcels.c.updated_at))).one()

@@ -137,14 +137,14 @@ class GeoPackageIOManager(FormatIOManager):
             after = conn.execute(f"SELECT count(*) FROM main.{quote(layer)}").fetchone()[0]
             conn.execute(
                 "UPDATE main.gpkg_contents SET "
-                "min_x = min(ifnull(min_x, s.min_x), s.min_x), "
-                "min_y = min(ifnull(min_y, s.min_y), s.min_y), "
-                "max_x = max(ifnull(max_x, s.max_x), s.max_x), "
-                "max_y = max(ifnull(max_y, s.max_y), s.max_y), "
+                "min_x = min(ifnull(gpkg_contents.min_x, s.min_x), s.min_x), "
+                "min_y = min(ifnull(gpkg_contents.min_y, s.min_y), s.min_y), "
+                "max_x = max(ifnull(gpkg_contents.max_x, s.max_x), s.max_x), "
+                "max_y = max(ifnull(gpkg_contents.max_y, s.max_y), s.max_y), "
                 "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
                 "FROM (SELECT * FROM staged.gpkg_contents WHERE table_name = ?) AS s "
-                "WHERE main.gpkg_contents.table_name = ? AND s.min_x IS NOT NULL",
-                (layer, layer),
+                "WHERE main.gpkg_contents.table_name = ? AND s.min_x IS NOT NULL AND ? > 0",
+                (layer, layer, written),
             )
         except BaseException:
             if conn.in_transaction:

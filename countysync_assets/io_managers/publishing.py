@@ -49,9 +49,11 @@ def asset_name(context: OutputContext | InputContext) -> str:
 
 
 def temp_sibling(path: Path) -> Path:
-    """A hidden temp path in the same folder, so ``os.replace`` onto ``path`` is atomic."""
+    """A hidden temp path in the same folder, so ``os.replace`` onto ``path`` is atomic.
+
+    It keeps the extension last, as GDAL expects of a GeoPackage."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def timestamps_to_iso(frame: pd.DataFrame) -> pd.DataFrame:

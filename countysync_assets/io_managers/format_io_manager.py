@@ -90,6 +90,10 @@ class PartitionedFileIOManager(FormatIOManager):
         files = []
         try:
             for final, frame in targets:
+                if final.exists() and not final.is_file():
+                    raise IsADirectoryError(
+                        f"{final} is in the way of the {self.extension} output: it is not a "
+                        "file. Move it out of the export folder and re-run.")
                 temp = temp_sibling(final)
                 files.append((temp, final))
                 self.write_file(frame, temp, final)

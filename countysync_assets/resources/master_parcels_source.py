@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure
@@ -270,7 +271,10 @@ class MasterParcelsSource(ConfigurableResource):
                     if srid is not None:
                         batch[SRID_COLUMN] = srid
                     if raw_last is not None:
-                        after = (self._last_cursor_utc(raw_last), batch[self.key_column].iloc[-1])
+                        last_key = batch[self.key_column].iloc[-1]
+                        if isinstance(last_key, np.generic):  # sqlite3 binds numpy as BLOB
+                            last_key = last_key.item()
+                        after = (self._last_cursor_utc(raw_last), last_key)
                     yield batch  # the first batch even if empty, so callers get the columns
                     if len(batch) < self.batch_size:
                         return

@@ -1,0 +1,194 @@
+"""The source resource against real databases (SQLite files, the local PostgreSQL server).
+
+SQL Server cannot run on these machines. Its path is tested by compiling the statements with
+SQLAlchemy's mssql dialect (the reflected table is stood in for by the demo schema, the one
+part that needs a live server) and by a real pyodbc + FreeTDS connection attempt to a port
+where nothing listens.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from conftest import AS_OF, skip_or_fail_in_ci
+from sqlalchemy.dialects import mssql
+
+from countysync_assets.demo_source import create_demo_source, parcels_table
+from countysync_assets.resources.master_parcels_source import (
+    SRID_COLUMN,
+    MasterParcelsSource,
+    SourceError,
+)
+
+WINDOW = (AS_OF - timedelta(days=4), AS_OF)
+
+
+def extract(source: MasterParcelsSource, start=WINDOW[0], end=WINDOW[1]) -> pd.DataFrame:
+    return pd.concat(list(source.iter_changed_batches(start, end)), ignore_index=True)
+
+
+def source_ids(url: str, start: datetime, end: datetime) -> list[int]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.text(
+            'SELECT id FROM "MasterParcels" WHERE updated_at >= :s AND updated_at < :e'),
+            {"s": start.replace(tzinfo=None), "e": end.replace(tzinfo=None)}).scalars().all()
+    engine.dispose()
+    return sorted(ids)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 50_000])
+def test_extract_returns_each_changed_row_once_whatever_the_batch_size(demo_url, batch_size):
+    start, end = AS_OF - timedelta(days=2, hours=5), AS_OF - timedelta(days=1, hours=22)
+    frame = extract(MasterParcelsSource(url=demo_url, batch_size=batch_size), start, end)
+    assert frame["id"].tolist() == sorted(frame["id"].tolist(), key=lambda i: (
+        frame.set_index("id").loc[i, "updated_at"], i))
+    assert sorted(frame["id"]) == source_ids(demo_url, start, end)
+    assert frame["updated_at"].between(start, end, inclusive="left").all()
+    assert str(frame["updated_at"].dtype) == "datetime64[us, UTC]"
+    assert (frame[SRID_COLUMN] == 2286).all()
+
+
+def test_rows_sharing_a_timestamp_across_a_batch_boundary_are_not_lost(demo_url):
+    tie = datetime(2026, 5, 30, 12, 0, 0, 123456)
+    engine = sa.create_engine(demo_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text('UPDATE "MasterParcels" SET updated_at = :t WHERE id <= 25'),
+                     {"t": tie})
+    engine.dispose()
+    frame = extract(MasterParcelsSource(url=demo_url, batch_size=10))
+    tied = frame[frame["updated_at"] == pd.Timestamp(tie, tz="UTC")]
+    assert sorted(tied["id"]) == list(range(1, 26))
+    assert frame["id"].is_unique
+
+
+def test_postgres_extract_matches_sqlite(pg_database_url, demo_url):
+    create_demo_source(pg_database_url, rows=2_000, seed=7, as_of=AS_OF, days=4)
+    from_pg = extract(MasterParcelsSource(url=pg_database_url, batch_size=333))
+    from_sqlite = extract(MasterParcelsSource(url=demo_url))
+    pd.testing.assert_frame_equal(from_pg, from_sqlite, check_dtype=False)
+
+
+def test_naive_timestamps_are_read_in_the_source_time_zone(demo_url):
+    pacific = MasterParcelsSource(url=demo_url, source_timezone="America/Los_Angeles")
+    utc_rows = extract(MasterParcelsSource(url=demo_url), *WINDOW)
+    shifted = extract(pacific, WINDOW[0] + timedelta(hours=7), WINDOW[1] + timedelta(hours=7))
+    assert sorted(shifted["id"]) == sorted(utc_rows["id"])  # PDT is UTC-7 in May
+    merged = shifted.merge(utc_rows, on="id")
+    assert ((merged["updated_at_x"] - merged["updated_at_y"]) == timedelta(hours=7)).all()
+    with pytest.raises(SourceError, match="not a time zone name"):
+        extract(MasterParcelsSource(url=demo_url, source_timezone="Pacific Time"))
+
+
+def test_missing_table_names_it_and_lists_what_exists(tmp_path):
+    url = f"sqlite:///{tmp_path / 'other.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE parcels_2026 (id INTEGER)")
+    with pytest.raises(SourceError, match=r"'MasterParcels' was not found.*parcels_2026"):
+        extract(MasterParcelsSource(url=url))
+
+
+def test_missing_column_names_it_and_lists_the_columns(demo_url):
+    with pytest.raises(SourceError) as error:
+        extract(MasterParcelsSource(url=demo_url, cursor_column="last_edited"))
+    message = str(error.value)
+    assert "'last_edited' is not in table 'MasterParcels'" in message
+    assert "updated_at" in message and "COUNTYSYNC_SOURCE_CURSOR_COLUMN" in message
+
+
+def test_null_keys_stop_the_extract_with_the_rows_named(demo_url):
+    engine = sa.create_engine(demo_url)
+    keyless = sa.Table("copy", sa.MetaData(), *[sa.Column(c.name, c.type) for c in
+                                                parcels_table(sa.MetaData()).columns])
+    keyless.create(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql('INSERT INTO "copy" SELECT * FROM "MasterParcels"')
+        conn.exec_driver_sql('UPDATE "copy" SET id = NULL WHERE id = 5')
+    with pytest.raises(SourceError, match=r"have no id \(NULL\).*parcel_id"):
+        extract(MasterParcelsSource(url=demo_url, table="copy", srid=2286))
+
+
+def test_srid_comes_from_config_or_geometry_columns(demo_url):
+    assert MasterParcelsSource(url=demo_url).resolve_srid() == 2286
+    assert MasterParcelsSource(url=demo_url, srid=2927).resolve_srid() == 2927
+    engine = sa.create_engine(demo_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM geometry_columns")
+    with pytest.raises(SourceError, match="COUNTYSYNC_SOURCE_SRID"):
+        MasterParcelsSource(url=demo_url).resolve_srid()
+
+
+def test_without_configuration_the_missing_demo_source_is_an_error(tmp_path):
+    with pytest.raises(SourceError, match="countysync demo-source"):
+        MasterParcelsSource(demo_path=str(tmp_path / "none.sqlite")).get_engine()
+
+
+def test_unreachable_postgres_names_host_and_database_never_the_password():
+    source = MasterParcelsSource(
+        url="postgresql+psycopg://county:Sup3r-Secret@127.0.0.1:1/parcels")
+    with pytest.raises(SourceError) as error:
+        extract(source)
+    message = str(error.value)
+    assert "host 127.0.0.1, database parcels" in message
+    assert "Sup3r-Secret" not in message and "***" in message
+    assert "No output was changed" in message
+
+
+# --- SQL Server --------------------------------------------------------------------------
+
+def sql_server(**settings) -> MasterParcelsSource:
+    defaults = {"host": "gis-sql.county.local", "database": "Assessor", "user": "countysync",
+                "password": "Pa55-w0rd!", "srid": 2286}
+    return MasterParcelsSource(**{**defaults, **settings})
+
+
+def compiled_page(source: MasterParcelsSource, after=None) -> str:
+    """The T-SQL of one keyset page. No SQL Server can run here, so the reflected table is
+    stood in for by the demo's schema (the same table definition a county's would reflect)."""
+    source._table = parcels_table(sa.MetaData())
+    query = source.changed_rows_query(*WINDOW, after=after)
+    return str(query.compile(dialect=mssql.dialect()))
+
+
+def test_sql_server_url_from_parts_masks_the_password():
+    source = sql_server(trust_server_certificate=True)
+    url = source.sqlalchemy_url()
+    assert url.drivername == "mssql+pyodbc"
+    assert url.query == {"driver": "ODBC Driver 18 for SQL Server", "Encrypt": "yes",
+                         "TrustServerCertificate": "yes"}
+    assert "Pa55-w0rd!" not in source.display_url() and "***" in source.display_url()
+    engine = source.get_engine()  # creating the engine does not connect
+    assert engine.dialect.name == "mssql" and engine.dialect.fast_executemany
+
+
+def test_sql_server_page_reads_geometry_as_wkb_with_srid_and_binds_values():
+    sql = compiled_page(sql_server())
+    assert "[MasterParcels].geometry.STAsBinary() AS geometry" in sql
+    assert "[MasterParcels].geometry.STSrid AS geometry_srid" in sql
+    assert sql.startswith("SELECT TOP __[POSTCOMPILE_param_1]")
+    assert "ORDER BY [MasterParcels].updated_at, [MasterParcels].id" in sql
+    assert "OFFSET" not in sql and "FETCH" not in sql
+    assert "updated_at >= :updated_at_1 AND [MasterParcels].updated_at < :updated_at_2" in sql
+
+
+def test_sql_server_keyset_predicate_is_bound():
+    sql = compiled_page(sql_server(), after=(datetime(2026, 5, 30, tzinfo=UTC), 17))
+    assert ("([MasterParcels].updated_at > :updated_at_3 OR [MasterParcels].updated_at = "
+            ":updated_at_4 AND [MasterParcels].id > :id_1)") in sql
+    assert "17" not in sql and "2026" not in sql
+
+
+def test_sql_server_unreachable_through_freetds_is_a_clear_error():
+    import pyodbc
+
+    if "FreeTDS" not in pyodbc.drivers():
+        skip_or_fail_in_ci("the FreeTDS ODBC driver (Debian package tdsodbc) is not installed")
+    source = sql_server(port=1, host="127.0.0.1", odbc_driver="FreeTDS", srid=None)
+    with pytest.raises(SourceError) as error:
+        source.table_ref()
+    message = str(error.value)
+    assert "host 127.0.0.1, database Assessor" in message
+    assert "Pa55-w0rd!" not in message
+    assert "ODBC driver" in message

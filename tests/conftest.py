@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, instance_for_test, materialize
 
 from countysync_assets.definitions import all_assets
-from countysync_assets.demo_source import create_demo_source
+from countysync_assets.demo_source import create_demo_source, parcels_table
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
@@ -86,3 +86,23 @@ def materialize_range(source: MasterParcelsSource, export_dir, instance: Dagster
         tags=range_tags(first, last),
         raise_on_error=raise_on_error,
     )
+
+
+def keyless_copy(url: str, name: str = "copy") -> str:
+    """A copy of MasterParcels without its primary key, so tests can break key rules."""
+    engine = sa.create_engine(url)
+    table = sa.Table(name, sa.MetaData(), *[sa.Column(c.name, c.type) for c in
+                                            parcels_table(sa.MetaData()).columns])
+    table.create(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'INSERT INTO "{name}" SELECT * FROM "MasterParcels"')
+    engine.dispose()
+    return name
+
+
+def execute(url: str, statement: str, **params) -> None:
+    """Run one statement against a source, as a DBA fixing (or breaking) data would."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+    engine.dispose()

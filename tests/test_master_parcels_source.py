@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import AS_OF, skip_or_fail_in_ci
+from conftest import AS_OF, execute, keyless_copy, skip_or_fail_in_ci
 from sqlalchemy.dialects import mssql
 
 from countysync_assets.demo_source import create_demo_source, parcels_table
@@ -52,11 +52,7 @@ def test_extract_returns_each_changed_row_once_whatever_the_batch_size(demo_url,
 
 def test_rows_sharing_a_timestamp_across_a_batch_boundary_are_not_lost(demo_url):
     tie = datetime(2026, 5, 30, 12, 0, 0, 123456)
-    engine = sa.create_engine(demo_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text('UPDATE "MasterParcels" SET updated_at = :t WHERE id <= 25'),
-                     {"t": tie})
-    engine.dispose()
+    execute(demo_url, 'UPDATE "MasterParcels" SET updated_at = :t WHERE id <= 25', t=tie)
     frame = extract(MasterParcelsSource(url=demo_url, batch_size=10))
     tied = frame[frame["updated_at"] == pd.Timestamp(tie, tz="UTC")]
     assert sorted(tied["id"]) == list(range(1, 26))
@@ -99,23 +95,16 @@ def test_missing_column_names_it_and_lists_the_columns(demo_url):
 
 
 def test_null_keys_stop_the_extract_with_the_rows_named(demo_url):
-    engine = sa.create_engine(demo_url)
-    keyless = sa.Table("copy", sa.MetaData(), *[sa.Column(c.name, c.type) for c in
-                                                parcels_table(sa.MetaData()).columns])
-    keyless.create(engine)
-    with engine.begin() as conn:
-        conn.exec_driver_sql('INSERT INTO "copy" SELECT * FROM "MasterParcels"')
-        conn.exec_driver_sql('UPDATE "copy" SET id = NULL WHERE id = 5')
+    table = keyless_copy(demo_url)
+    execute(demo_url, f'UPDATE "{table}" SET id = NULL WHERE id = 5')
     with pytest.raises(SourceError, match=r"have no id \(NULL\).*parcel_id"):
-        extract(MasterParcelsSource(url=demo_url, table="copy", srid=2286))
+        extract(MasterParcelsSource(url=demo_url, table=table, srid=2286))
 
 
 def test_srid_comes_from_config_or_geometry_columns(demo_url):
     assert MasterParcelsSource(url=demo_url).resolve_srid() == 2286
     assert MasterParcelsSource(url=demo_url, srid=2927).resolve_srid() == 2927
-    engine = sa.create_engine(demo_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM geometry_columns")
+    execute(demo_url, "DELETE FROM geometry_columns")
     with pytest.raises(SourceError, match="COUNTYSYNC_SOURCE_SRID"):
         MasterParcelsSource(url=demo_url).resolve_srid()
 

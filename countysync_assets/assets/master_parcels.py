@@ -50,7 +50,7 @@ def master_parcels(
         raise Failure(
             f"The source has {len(duplicated)} rows sharing {duplicated.nunique()} id(s) between "
             f"{window.start:%Y-%m-%d %H:%M} and {window.end:%Y-%m-%d %H:%M} UTC, e.g. "
-            f"{sorted(duplicated.unique())[:10]}. Each parcel row needs a unique "
+            f"{sorted(duplicated.unique().tolist())[:10]}. Each parcel row needs a unique "
             f"{source.key_column}: fix the master table, then re-run this partition. "
             "No output was changed."
         )

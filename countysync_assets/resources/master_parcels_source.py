@@ -299,7 +299,8 @@ class MasterParcelsSource(ConfigurableResource):
         missing = batch[batch[self.key_column].isna()]
         if missing.empty:
             return
-        sample = missing.drop(columns=[self.geometry_column]).head(3).to_dict("records")
+        sample = missing.drop(columns=[self.geometry_column]).head(3).astype(str) \
+            .to_dict("records")
         raise SourceError(
             f"{len(missing)} row(s) of {self.table} changed between {start:%Y-%m-%d %H:%M} and "
             f"{end:%Y-%m-%d %H:%M} UTC have no {self.key_column} (NULL), e.g. {sample}. Give "

@@ -1,0 +1,55 @@
+"""The code location loads the way ``dagster dev`` loads it, under each supported
+configuration, and refuses bad configuration with a message that names the setting."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from countysync_assets.partitions import build_partitions_def
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).with_name("dagster")
+
+
+def validate(tmp_path, **env) -> subprocess.CompletedProcess:
+    """``dagster definitions validate`` on workspace.yaml, as CI and a user would run it."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    environment.update(env, DAGSTER_HOME=str(tmp_path))
+    return subprocess.run([str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
+                          cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_definitions_validate(tmp_path):
+    result = validate(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_hourly_partitions_by_configuration(tmp_path):
+    hourly = build_partitions_def("hourly", "2026-05-01")
+    assert hourly.get_partition_keys()[:2] == ["2026-05-01-00:00", "2026-05-01-01:00"]
+    result = validate(tmp_path, COUNTYSYNC_PARTITION_GRANULARITY="hourly",
+                      COUNTYSYNC_PARTITION_START="2026-11-01")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"COUNTYSYNC_PARTITION_GRANULARITY": "weekly"}, "use one of ['daily', 'hourly']"),
+    ({"COUNTYSYNC_PARTITION_START": "May 2025"}, "is not a date"),
+    ({"COUNTYSYNC_FORMATS": '{"working": ["parquet"]}'}, "each must be one of sqlite"),
+    ({"COUNTYSYNC_SOURCE_PORT": "14x3"}, "COUNTYSYNC_SOURCE_PORT='14x3' is not a whole number"),
+    ({"COUNTYSYNC_SOURCE_ENCRYPT": "maybe"}, "is not a yes/no value"),
+])
+def test_bad_configuration_is_refused_by_name(tmp_path, env, expected):
+    result = validate(tmp_path, **env)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+
+
+def test_formats_override_by_configuration(tmp_path):
+    result = validate(tmp_path, COUNTYSYNC_FORMATS='{"working": ["sqlite", "csv"]}')
+    assert result.returncode == 0, result.stderr

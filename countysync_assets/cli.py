@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from countysync_assets import demo_source
+from countysync_assets.resources.master_parcels_source import SourceError
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +44,19 @@ def _print_churn(args: argparse.Namespace) -> None:
           f"{result['deleted']} deleted at {result['updated_at']:%Y-%m-%d %H:%M:%S} UTC.")
 
 
-def _print_partition_range(_: argparse.Namespace) -> None:
+def _print_partition_range(args: argparse.Namespace) -> None:
+    """The partitions that hold the source's rows (all partitions with ``--all``)."""
     from countysync_assets.partitions import PARTITIONS
+    from countysync_assets.resources.source_config import source_from_env
 
     keys = PARTITIONS.get_partition_keys()
-    print(f"{keys[0]}...{keys[-1]}")
+    first, last = keys[0], keys[-1]
+    bounds = None if args.all else source_from_env().cursor_bounds()
+    if bounds is not None:
+        low, high = (max(b, PARTITIONS.start) for b in bounds)
+        first = PARTITIONS.get_partition_key_for_timestamp(low.timestamp())
+        last = min(PARTITIONS.get_partition_key_for_timestamp(high.timestamp()), last)
+    print(f"{first}...{last}")
 
 
 def _print_outputs(args: argparse.Namespace) -> None:
@@ -95,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_target(churn)
     churn.set_defaults(run=_print_churn)
 
-    span = commands.add_parser("partition-range", help="print first...last partition key")
+    span = commands.add_parser(
+        "partition-range", help="print first...last partition holding source rows, for "
+        "`dagster asset materialize --partition-range`")
+    span.add_argument("--all", action="store_true", help="every partition, data or not")
     span.set_defaults(run=_print_partition_range)
 
     outputs = commands.add_parser("outputs", help="list the outputs and what they hold")
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, SourceError) as err:
         print(f"countysync {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

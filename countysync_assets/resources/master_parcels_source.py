@@ -274,14 +274,14 @@ class MasterParcelsSource(ConfigurableResource):
                         last_key = batch[self.key_column].iloc[-1]
                         if isinstance(last_key, np.generic):  # sqlite3 binds numpy as BLOB
                             last_key = last_key.item()
-                        after = (self._last_cursor_utc(raw_last), last_key)
+                        after = (self._as_utc(raw_last), last_key)
                     yield batch  # the first batch even if empty, so callers get the columns
                     if len(batch) < self.batch_size:
                         return
         except sa.exc.DBAPIError as err:
             raise self._unreachable(err) from None
 
-    def _last_cursor_utc(self, raw: datetime) -> datetime:
+    def _as_utc(self, raw: datetime) -> datetime:
         if raw.tzinfo is None:
             return raw.replace(tzinfo=self._zone()).astimezone(UTC)
         return raw.astimezone(UTC)
@@ -307,6 +307,20 @@ class MasterParcelsSource(ConfigurableResource):
             f"every row a {self.key_column} in the master table, then re-run this partition. "
             "No output was changed."
         )
+
+    def cursor_bounds(self) -> tuple[datetime, datetime] | None:
+        """The earliest and latest cursor value in the table (UTC), or None if it is empty."""
+        table = self.table_ref()
+        cursor = table.c[self.cursor_column]
+        try:
+            with self.get_engine().connect() as conn:
+                low, high = conn.execute(sa.select(sa.func.min(cursor), sa.func.max(cursor))).one()
+        except sa.exc.DBAPIError as err:
+            raise self._unreachable(err) from None
+        if low is None:
+            return None
+        return self._as_utc(pd.Timestamp(low).to_pydatetime()), \
+            self._as_utc(pd.Timestamp(high).to_pydatetime())
 
     def resolve_srid(self) -> int:
         """The EPSG code of the geometry: configured, else the OGC ``geometry_columns`` table."""

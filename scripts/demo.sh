@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Fresh machine to real outputs: set up .venv, create the embedded demo source (ROWS parcels,
+# default 50,000), materialize every asset for every partition that holds data in ONE run,
+# then list where each output is. Dagster's instance lives in .dagster_home (kept between runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster_home}"
+mkdir -p "$DAGSTER_HOME"
+.venv/bin/countysync demo-source --rows "${ROWS:-50000}"
+range=$(.venv/bin/countysync partition-range)
+echo "Materializing every asset for partitions $range in one run ..."
+.venv/bin/dagster asset materialize -m countysync_assets.definitions --select '*' \
+  --partition-range "$range" > "$DAGSTER_HOME/last-demo-run.log" 2>&1 || {
+  tail -n 40 "$DAGSTER_HOME/last-demo-run.log"; exit 1; }
+.venv/bin/countysync outputs

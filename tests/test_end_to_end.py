@@ -3,8 +3,8 @@ every output is checked against the source row by row, and a rerun must change n
 
 from pathlib import Path
 
-from conftest import FIRST_KEY, LAST_KEY, materialize_range
-from dagster import DagsterEventType, EventRecordsFilter
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, materialize_range
+from dagster import AssetKey
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
@@ -14,10 +14,8 @@ KEYS = partition_keys(FIRST_KEY, LAST_KEY)
 
 
 def materialization_metadata(instance, asset: str) -> list[dict]:
-    from dagster import AssetKey
-
-    records = instance.get_event_records(
-        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(asset)))
+    """Metadata of the asset's materializations, newest first (one per partition)."""
+    records = instance.fetch_materializations(AssetKey(asset), limit=1000).records
     return [r.event_log_entry.asset_materialization.metadata for r in records]
 
 
@@ -38,8 +36,7 @@ def test_sqlite_source_every_output_matches_and_rerun_changes_nothing(demo_url, 
 
 
 def test_postgres_source_gives_the_same_outputs(pg_database_url, tmp_path: Path, instance):
-    create_demo_source(pg_database_url, rows=1_500, seed=11, as_of=__import__("conftest").AS_OF,
-                       days=4)
+    create_demo_source(pg_database_url, rows=1_500, seed=11, as_of=AS_OF, days=4)
     exports = tmp_path / "exports"
     result = materialize_range(MasterParcelsSource(url=pg_database_url, batch_size=400),
                                exports, instance)

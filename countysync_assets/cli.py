@@ -51,7 +51,7 @@ def _print_partition_range(args: argparse.Namespace) -> None:
 
     keys = PARTITIONS.get_partition_keys()
     first, last = keys[0], keys[-1]
-    bounds = None if args.all else source_from_env().cursor_bounds()
+    bounds = None if args.all else source_from_env(as_env_vars=False).cursor_bounds()
     if bounds is not None:
         low, high = (max(b, PARTITIONS.start) for b in bounds)
         first = PARTITIONS.get_partition_key_for_timestamp(low.timestamp())

@@ -123,3 +123,16 @@ def test_password_never_reaches_logs_metadata_or_files(pg_database_url, tmp_path
     for path in exports.rglob("*"):
         if path.is_file():
             assert b"Tr1cky-Secret" not in path.read_bytes(), path
+
+
+def test_negative_assessed_value_fails_the_stats_type_check_only(synced, instance):
+    url, exports, before = synced
+    execute(url, 'UPDATE "MasterParcels" SET assessed_value = -5, updated_at = :t WHERE id = 9',
+            t="2026-05-31 23:59:59.999999")
+    result = materialize_range(MasterParcelsSource(url=url), exports, instance,
+                               raise_on_error=False)
+    assert "assessed_value" in failure_message(result)
+    after = snapshot(exports)
+    assert after["stats_db.sqlite:stats"] == before["stats_db.sqlite:stats"]
+    working = dict((row[0], row[-1]) for row in after["working_db.sqlite:working"])
+    assert working[9] == "2026-05-31T23:59:59.999999+00:00"  # the working set still synced

@@ -9,6 +9,7 @@ from countysync_assets.assets.asset_metadata import (
     storage_metadata,
     window_metadata,
 )
+from countysync_assets.assets.frame_types import StatsFrame
 from countysync_assets.partitions import PARTITIONS
 
 COLUMNS = {
@@ -27,6 +28,7 @@ COLUMNS = {
     partitions_def=PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
+    dagster_type=StatsFrame,
     kinds={"pandas", "sqlite", "csv"},
     metadata=storage_metadata(COLUMNS, ["sqlite", "csv"], sqlite_db="stats_db.sqlite"),
     description="Assessment figures of parcels changed in the window; stats_db.sqlite holds "

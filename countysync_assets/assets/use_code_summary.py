@@ -3,7 +3,7 @@
 import pandas as pd
 from dagster import AssetIn, BackfillPolicy, Output, asset
 
-from countysync_assets.assets.asset_metadata import GROUP, storage_metadata
+from countysync_assets.assets.asset_metadata import GROUP, storage_metadata, window_metadata
 
 COLUMNS = {
     "use_code": "string: Washington DOR land use code",
@@ -33,6 +33,7 @@ def use_code_summary(stats: pd.DataFrame) -> Output[pd.DataFrame]:
     )
     summary["total_acres"] = summary["total_acres"].round(4)
     return Output(summary, metadata={
+        **window_metadata(stats),
         "dagster/row_count": len(summary),
         "parcels": int(summary["parcel_count"].sum()),
         "total_assessed_value": int(summary["total_assessed_value"].sum()),

@@ -9,6 +9,7 @@ from countysync_assets.assets.asset_metadata import (
     storage_metadata,
     window_metadata,
 )
+from countysync_assets.assets.frame_types import WorkingFrame
 from countysync_assets.partitions import PARTITIONS
 
 COLUMNS = {
@@ -25,6 +26,7 @@ COLUMNS = {
     partitions_def=PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
+    dagster_type=WorkingFrame,
     kinds={"pandas", "sqlite", "csv", "json"},
     metadata=storage_metadata(COLUMNS, ["sqlite", "csv", "json"], sqlite_db="working_db.sqlite"),
     description="Working set (owner, address, use code) of parcels changed in the window; "

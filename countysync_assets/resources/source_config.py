@@ -46,17 +46,21 @@ def _flag(variable: str) -> bool:
     return value in _TRUE
 
 
-def source_from_env() -> MasterParcelsSource:
-    """A ``MasterParcelsSource`` with each setting that is present in the environment."""
+def source_from_env(as_env_vars: bool = True) -> MasterParcelsSource:
+    """A ``MasterParcelsSource`` with each setting that is present in the environment.
+
+    For Dagster the settings stay ``EnvVar`` references, resolved at run time; outside Dagster
+    (the CLI) pass ``as_env_vars=False`` to get a resource that can be used at once.
+    """
     settings: dict = {}
     for field, variable in STRING_SETTINGS.items():
         if os.environ.get(variable):
-            settings[field] = EnvVar(variable)
+            settings[field] = EnvVar(variable) if as_env_vars else os.environ[variable]
     for field, variable in INT_SETTINGS.items():
         if os.environ.get(variable):
             if not os.environ[variable].strip().isdigit():
                 raise ValueError(f"{variable}={os.environ[variable]!r} is not a whole number.")
-            settings[field] = EnvVar.int(variable)
+            settings[field] = EnvVar.int(variable) if as_env_vars else int(os.environ[variable])
     for field, variable in BOOL_SETTINGS.items():
         if os.environ.get(variable):
             settings[field] = _flag(variable)

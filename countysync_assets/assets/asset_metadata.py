@@ -13,6 +13,26 @@ from countysync_assets.io_managers.format_io_manager import (
 
 GROUP = "parcels"
 
+# Every parcel column an asset may carry, with its type and meaning, in one place.
+PARCEL_COLUMNS = {
+    "id": "integer: parcel row key in the master table",
+    "parcel_id": "string: county parcel number, e.g. 1-2345-678-9012",
+    "owner": "string: owner of record",
+    "situs_address": "string: site address",
+    "use_code": "string: Washington DOR land use code",
+    "acres": "float: parcel area in acres (as recorded)",
+    "land_value": "integer: assessed land value, USD",
+    "improvement_value": "integer: assessed improvement value, USD",
+    "assessed_value": "integer: total assessed value, USD",
+    "tax_year": "integer: assessment year",
+    "updated_at": "timestamp: last change in the master table (UTC)",
+}
+
+
+def parcel_columns(*names: str) -> dict[str, str]:
+    """``PARCEL_COLUMNS`` for ``names``, in that order."""
+    return {name: PARCEL_COLUMNS[name] for name in names}
+
 
 def column_schema(columns: dict[str, str]) -> TableSchema:
     """A Dagster table schema from ``{column: "type: description"}``."""

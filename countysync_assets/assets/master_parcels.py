@@ -8,22 +8,17 @@ that ``working``, ``stats`` and ``parcel_geometry`` read their window from.
 import pandas as pd
 from dagster import AssetExecutionContext, BackfillPolicy, Failure, Output, asset
 
-from countysync_assets.assets.asset_metadata import GROUP, storage_metadata, window_metadata
+from countysync_assets.assets.asset_metadata import (
+    GROUP,
+    PARCEL_COLUMNS,
+    storage_metadata,
+    window_metadata,
+)
 from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN, MasterParcelsSource
 
 COLUMNS = {
-    "id": "integer: parcel row key in the master table",
-    "parcel_id": "string: county parcel number, e.g. 1-2345-678-9012",
-    "owner": "string: owner of record",
-    "situs_address": "string: site address",
-    "use_code": "string: Washington DOR land use code",
-    "acres": "float: parcel area in acres",
-    "land_value": "integer: assessed land value, USD",
-    "improvement_value": "integer: assessed improvement value, USD",
-    "assessed_value": "integer: total assessed value, USD",
-    "tax_year": "integer: assessment year",
-    "updated_at": "timestamp: last change in the master table (UTC)",
+    **PARCEL_COLUMNS,
     "geometry": "geometry: parcel boundary as stored (WKT, or WKB from SQL Server)",
     SRID_COLUMN: "integer: EPSG code of the geometry",
 }

@@ -11,26 +11,23 @@ import pandas as pd
 import shapely
 from dagster import AssetExecutionContext, AssetOut, BackfillPolicy, Output, multi_asset
 
-from countysync_assets.assets.asset_metadata import GROUP, storage_metadata, window_metadata
+from countysync_assets.assets.asset_metadata import (
+    GROUP,
+    parcel_columns,
+    storage_metadata,
+    window_metadata,
+)
 from countysync_assets.io_managers.format_io_manager import GPKG_LAYER
 from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN
 
 COLUMNS = {
-    "id": "integer: parcel row key in the master table",
-    "parcel_id": "string: county parcel number",
-    "owner": "string: owner of record",
-    "situs_address": "string: site address",
-    "use_code": "string: Washington DOR land use code",
-    "acres": "float: parcel area in acres (as recorded)",
-    "assessed_value": "integer: total assessed value, USD",
-    "updated_at": "timestamp: last change in the master table (UTC)",
+    **parcel_columns("id", "parcel_id", "owner", "situs_address", "use_code", "acres",
+                     "assessed_value", "updated_at"),
     "geometry": "geometry: parcel boundary, MultiPolygon in the source CRS",
 }
 REJECT_COLUMNS = {
-    "id": "integer: parcel row key in the master table",
-    "parcel_id": "string: county parcel number",
-    "updated_at": "timestamp: last change in the master table (UTC)",
+    **parcel_columns("id", "parcel_id", "updated_at"),
     "reason": "string: why the geometry was kept out",
 }
 POLYGONAL = {"Polygon", "MultiPolygon"}

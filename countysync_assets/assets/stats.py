@@ -5,6 +5,7 @@ from dagster import BackfillPolicy, Output, asset
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
+    parcel_columns,
     select_columns,
     storage_metadata,
     window_metadata,
@@ -12,16 +13,8 @@ from countysync_assets.assets.asset_metadata import (
 from countysync_assets.assets.frame_types import StatsFrame
 from countysync_assets.partitions import PARTITIONS
 
-COLUMNS = {
-    "id": "integer: parcel row key in the master table",
-    "use_code": "string: Washington DOR land use code",
-    "acres": "float: parcel area in acres",
-    "land_value": "integer: assessed land value, USD",
-    "improvement_value": "integer: assessed improvement value, USD",
-    "assessed_value": "integer: total assessed value, USD",
-    "tax_year": "integer: assessment year",
-    "updated_at": "timestamp: last change in the master table (UTC)",
-}
+COLUMNS = parcel_columns("id", "use_code", "acres", "land_value", "improvement_value",
+                         "assessed_value", "tax_year", "updated_at")
 
 
 @asset(

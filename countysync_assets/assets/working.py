@@ -5,6 +5,7 @@ from dagster import BackfillPolicy, Output, asset
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
+    parcel_columns,
     select_columns,
     storage_metadata,
     window_metadata,
@@ -12,14 +13,7 @@ from countysync_assets.assets.asset_metadata import (
 from countysync_assets.assets.frame_types import WorkingFrame
 from countysync_assets.partitions import PARTITIONS
 
-COLUMNS = {
-    "id": "integer: parcel row key in the master table",
-    "parcel_id": "string: county parcel number",
-    "owner": "string: owner of record",
-    "use_code": "string: Washington DOR land use code",
-    "situs_address": "string: site address",
-    "updated_at": "timestamp: last change in the master table (UTC)",
-}
+COLUMNS = parcel_columns("id", "parcel_id", "owner", "use_code", "situs_address", "updated_at")
 
 
 @asset(

@@ -31,6 +31,7 @@ from countysync_assets.io_managers.publishing import (
     StagedWrite,
     asset_name,
     export_path,
+    staged_transaction,
     temp_sibling,
 )
 from countysync_assets.io_managers.sqlite_io_manager import quote, upsert_clause
@@ -152,28 +153,14 @@ class GeoPackageIOManager(FormatIOManager):
             conn.close()
             raise
 
-        def commit() -> None:
-            try:
-                conn.execute("COMMIT")
-                conn.execute("DETACH DATABASE staged")
-            finally:
-                conn.close()
-                temp.unlink(missing_ok=True)
-
-        def rollback() -> None:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            finally:
-                conn.close()
-                temp.unlink(missing_ok=True)
-
+        staged = staged_transaction(f"{path.name}:{layer}", conn)
+        for steps in (staged.commit_steps, staged.rollback_steps):
+            steps.append(lambda: temp.unlink(missing_ok=True))
         inserted = after - before
-        return StagedWrite(
-            f"{path.name}:{layer}", [commit], [rollback],
-            {"gpkg_rows_inserted": inserted, "gpkg_rows_updated": max(written, 0) - inserted,
-             "gpkg_layer_rows": after},
-        )
+        staged.metadata = {"gpkg_rows_inserted": inserted,
+                           "gpkg_rows_updated": max(written, 0) - inserted,
+                           "gpkg_layer_rows": after}
+        return staged
 
     def load_input(self, context: InputContext) -> gpd.GeoDataFrame:
         """The current features of the requested partitions (all if unpartitioned)."""

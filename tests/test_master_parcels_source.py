@@ -181,3 +181,13 @@ def test_sql_server_unreachable_through_freetds_is_a_clear_error():
     assert "host 127.0.0.1, database Assessor" in message
     assert "Pa55-w0rd!" not in message
     assert "ODBC driver" in message
+
+
+def test_repeated_hour_at_the_end_of_dst_does_not_stop_the_sync(demo_url):
+    execute(demo_url, 'UPDATE "MasterParcels" SET updated_at = :t WHERE id = 1',
+            t="2026-11-01 01:30:00.000000")  # happens twice in Los Angeles that night
+    pacific = MasterParcelsSource(url=demo_url, source_timezone="America/Los_Angeles")
+    start = datetime(2026, 11, 1, 8, tzinfo=UTC)
+    frame = extract(pacific, start, start + timedelta(hours=2))
+    assert frame["id"].tolist() == [1]
+    assert frame["updated_at"].iloc[0] == pd.Timestamp("2026-11-01 08:30", tz="UTC")  # PDT

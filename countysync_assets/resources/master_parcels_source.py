@@ -151,8 +151,8 @@ class MasterParcelsSource(ConfigurableResource):
         url = self.sqlalchemy_url()
         where = f"host {url.host or 'local file'}, database {url.database}"
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        if self.password:
-            reason = reason.replace(self.password, "***")
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
         return SourceError(
             f"Cannot read the master parcel database ({where}; {self.display_url()}): {reason}. "
             "Check that the server is running and reachable from this machine (host, port, "
@@ -289,7 +289,11 @@ class MasterParcelsSource(ConfigurableResource):
     def _cursor_to_utc(self, table: sa.Table, batch: pd.DataFrame) -> pd.Series:
         values = batch[self.cursor_column]
         if self._cursor_is_naive(table):
-            stamps = pd.to_datetime(values).dt.tz_localize(self._zone(), ambiguous="raise")
+            # The hour repeated when DST ends is read as its first (DST) occurrence, as
+            # zoneinfo's fold=0 does for the keyset cursor; the skipped hour shifts forward.
+            stamps = pd.to_datetime(values).dt.tz_localize(
+                self._zone(), ambiguous=np.ones(len(values), dtype=bool),
+                nonexistent="shift_forward")
         else:
             stamps = pd.to_datetime(values, utc=True)
         return stamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]")

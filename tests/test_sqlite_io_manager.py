@@ -5,6 +5,7 @@ from contextlib import closing
 
 import pandas as pd
 import pytest
+from dagster import build_input_context
 from io_contexts import input_context, logged, output_context
 
 from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
@@ -103,3 +104,13 @@ def test_failed_write_leaves_previous_state(manager):
 def test_load_before_any_write_says_what_to_do(manager):
     with pytest.raises(FileNotFoundError, match="materialize things"):
         manager.load_input(input_context())
+
+
+def test_input_metadata_columns_reads_only_those_columns(manager):
+    manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00")]))
+    context = input_context()
+    narrow = build_input_context(
+        asset_key="things", asset_partitions_def=context.asset_partitions_def,
+        asset_partition_key_range=context.asset_partition_key_range,
+        upstream_output=context.upstream_output, definition_metadata={"columns": ["id", "name"]})
+    assert list(manager.load_input(narrow).columns) == ["id", "name"]

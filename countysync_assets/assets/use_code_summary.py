@@ -14,7 +14,8 @@ COLUMNS = {
 
 
 @asset(
-    ins={"stats": AssetIn()},
+    ins={"stats": AssetIn(metadata={"columns": ["id", "use_code", "acres", "assessed_value",
+                                                "updated_at"]})},
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"pandas", "sqlite", "csv"},

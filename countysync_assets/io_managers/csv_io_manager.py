@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 
 from countysync_assets.io_managers.format_io_manager import PartitionedFileIOManager
-from countysync_assets.io_managers.publishing import timestamps_to_iso
 
 
 class CsvIOManager(PartitionedFileIOManager):
@@ -14,4 +13,4 @@ class CsvIOManager(PartitionedFileIOManager):
     extension = ".csv"
 
     def write_file(self, frame: pd.DataFrame, temp: Path, final: Path) -> None:
-        timestamps_to_iso(frame).to_csv(temp, index=False, encoding="utf-8")
+        frame.to_csv(temp, index=False, encoding="utf-8")

@@ -18,6 +18,7 @@ from countysync_assets.io_managers.publishing import (
     export_path,
     staged_files,
     temp_sibling,
+    timestamps_to_iso,
 )
 from countysync_assets.partitions import partition_keys_for
 
@@ -64,14 +65,19 @@ class PartitionedFileIOManager(FormatIOManager):
 
     extension: ClassVar[str] = ""
 
+    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Conversions done once for the whole output, before it is split by partition."""
+        return timestamps_to_iso(frame)
+
     def write_file(self, frame: pd.DataFrame, temp: Path, final: Path) -> None:
         """Write ``frame`` to ``temp``; it is renamed to ``final`` when the run commits."""
         raise NotImplementedError
 
     def stage(self, context: OutputContext, obj: pd.DataFrame) -> StagedWrite:
         name = asset_name(context)
+        prepared = self.prepare(obj)
         if not context.has_asset_partitions:
-            targets = [(export_path(self.export_dir, f"{name}{self.extension}"), obj)]
+            targets = [(export_path(self.export_dir, f"{name}{self.extension}"), prepared)]
         else:
             keys = context.asset_partition_keys
             cursor = context.definition_metadata[CURSOR_COLUMN]
@@ -81,10 +87,10 @@ class PartitionedFileIOManager(FormatIOManager):
                     f"{int(labels.isna().sum())} row(s) of {name} have {cursor} outside the "
                     f"partitions being written ({keys[0]} to {keys[-1]})."
                 )
-            groups = dict(iter(obj.groupby(labels, sort=False))) if len(obj) else {}
+            groups = dict(iter(prepared.groupby(labels, sort=False))) if len(obj) else {}
             targets = [
                 (export_path(self.export_dir, name, f"{key}{self.extension}"),
-                 groups.get(key, obj.iloc[:0]))
+                 groups.get(key, prepared.iloc[:0]))
                 for key in keys
             ]
         files = []

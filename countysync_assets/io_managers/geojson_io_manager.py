@@ -18,12 +18,14 @@ class GeoJsonIOManager(PartitionedFileIOManager):
 
     extension = ".geojson"
 
-    def write_file(self, frame: gpd.GeoDataFrame, temp: Path, final: Path) -> None:
-        # An empty window has no SRID to come from; its (empty) file is WGS 84 all the same.
+    def prepare(self, frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        # An empty output has no SRID to come from; its (empty) files are WGS 84 all the same.
         wgs84 = frame.to_crs(4326) if len(frame) else frame.set_crs(4326, allow_override=True)
-        wgs84 = timestamps_to_iso(wgs84)
+        return timestamps_to_iso(wgs84)
+
+    def write_file(self, frame: gpd.GeoDataFrame, temp: Path, final: Path) -> None:
         pyogrio.write_dataframe(
-            wgs84, temp, driver="GeoJSON", layer=final.stem,
+            frame, temp, driver="GeoJSON", layer=final.stem,
             layer_options={"RFC7946": "YES"}, promote_to_multi=True,
             geometry_type="MultiPolygon", use_arrow=True,
         )

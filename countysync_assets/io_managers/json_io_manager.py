@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 
 from countysync_assets.io_managers.format_io_manager import PartitionedFileIOManager
-from countysync_assets.io_managers.publishing import timestamps_to_iso
 
 
 class JsonIOManager(PartitionedFileIOManager):
@@ -14,4 +13,4 @@ class JsonIOManager(PartitionedFileIOManager):
     extension = ".json"
 
     def write_file(self, frame: pd.DataFrame, temp: Path, final: Path) -> None:
-        timestamps_to_iso(frame).to_json(temp, orient="records", force_ascii=False, indent=1)
+        frame.to_json(temp, orient="records", force_ascii=False, indent=1)

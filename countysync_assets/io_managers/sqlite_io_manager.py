@@ -153,7 +153,11 @@ class SQLiteIOManager(FormatIOManager):
                              f"{sqlite_type(frame[column], declared.get(column))}")
 
     def load_input(self, context: InputContext) -> pd.DataFrame:
-        """The current rows of the requested partitions (all rows if unpartitioned)."""
+        """The current rows of the requested partitions (all rows if unpartitioned).
+
+        An input with ``metadata={"columns": [...]}`` reads only those columns, as in
+        dagster-duckdb: a whole-county summary then costs three columns, not the table.
+        """
         path, table = self.db_path(context), asset_name(context)
         if not path.is_file():
             raise FileNotFoundError(
@@ -161,7 +165,9 @@ class SQLiteIOManager(FormatIOManager):
                 "before the assets that read it."
             )
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
-        query, params = f"SELECT * FROM {quote(table)}", []
+        wanted = (context.definition_metadata or {}).get("columns")
+        selected = ", ".join(quote(c) for c in wanted) if wanted else "*"
+        query, params = f"SELECT {selected} FROM {quote(table)}", []
         if cursor and context.has_asset_partitions:
             window = context.asset_partitions_time_window
             query += f" WHERE {quote(cursor)} >= ? AND {quote(cursor)} < ?"
@@ -171,7 +177,7 @@ class SQLiteIOManager(FormatIOManager):
             declared = {row[1]: row[2]
                         for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
         for column, declared_type in declared.items():
-            if declared_type == TIMESTAMP:
+            if declared_type == TIMESTAMP and column in frame:
                 frame[column] = pd.to_datetime(frame[column], utc=True,
                                                format="ISO8601").astype("datetime64[us, UTC]")
         return frame

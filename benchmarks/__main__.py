@@ -1,0 +1,209 @@
+"""Run the benchmark: ``python -m benchmarks [--sizes 100000 1000000] [--repeat 3]``.
+
+For each source size: a demo source, then for each tool (countysync, the seeds' pandas path,
+dlt) and step (full, incremental after 1% churn, backfill of 30 daily partitions and its
+rerun) the median wall time of ``--repeat`` runs, rows/s and peak RSS, each run in its own
+process. Prints a table and writes ``benchmarks/results/<timestamp>-<rows>.json`` and
+``latest-<rows>.json`` (``latest.json``: the largest size of the newest run).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from countysync_assets.demo_source import churn, create_demo_source
+from countysync_assets.partitions import PARTITIONS
+
+TOOLS = ("countysync", "seeds-pandas", "dlt")
+STEPS = ("full", "incremental", "backfill", "backfill-rerun")
+OUTPUTS = {
+    "countysync": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
+                   "geojson", "use_code_summary"],
+    "seeds-pandas": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
+                     "geojson"],
+    "dlt": ["working (sqlite)", "stats (sqlite)"],  # dlt has no GeoPackage/GeoJSON output
+}
+CHURN = {"updates": 0.008, "inserts": 0.001, "deletes": 0.001}  # 1% of rows
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text()
+                         .splitlines() if line.startswith("MemTotal")))
+    versions = {}
+    for package in ("dagster", "pandas", "geopandas", "pyogrio", "fiona", "dlt", "SQLAlchemy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu, "cpus": os.cpu_count(), "memory_gb": round(memory_kb / 2**20, 1),
+            "versions": versions}
+
+
+def measure(tool: str, step: str, workdir: Path, url: str, partitions: str) -> tuple[float, float]:
+    """(wall seconds of the work, peak RSS in MB of its process)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / f"{tool}-{step}.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.case", tool, step, str(workdir), url, partitions],
+            stdout=subprocess.PIPE, stderr=log, text=True)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{tool} {step} failed; see {workdir / f'{tool}-{step}.log'}:\n"
+                           + (workdir / f"{tool}-{step}.log").read_text()[-2000:])
+    return json.loads(output.strip().splitlines()[-1])["wall_s"], usage.ru_maxrss / 1024
+
+
+def partition_range(url: str, newer_than: datetime | None = None) -> tuple[str, str]:
+    """First and last partition holding rows (newer than ``newer_than``, if given)."""
+    engine = sa.create_engine(url)
+    query = 'SELECT min(updated_at), max(updated_at) FROM "MasterParcels"'
+    params = {}
+    if newer_than is not None:
+        query += " WHERE updated_at > :t"
+        params = {"t": newer_than.strftime("%Y-%m-%d %H:%M:%S.%f")}
+    with engine.connect() as conn:
+        low, high = conn.execute(sa.text(query), params).one()
+    engine.dispose()
+    keys = [PARTITIONS.get_partition_key_for_timestamp(
+        datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()) for value in (low, high)]
+    return keys[0], keys[1]
+
+
+def rows_between(url: str, first: str, last: str) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        count = conn.execute(sa.text(
+            'SELECT count(*) FROM "MasterParcels" WHERE updated_at >= :s AND '
+            "updated_at < date(:e, '+1 day')"), {"s": first, "e": last}).scalar()
+    engine.dispose()
+    return count
+
+
+def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...]) -> dict:
+    base = root / f"source-{rows}.sqlite"
+    churned = root / f"source-{rows}-churned.sqlite"
+    url, churned_url = f"sqlite:///{base}", f"sqlite:///{churned}"
+    create_demo_source(url, rows=rows, seed=42)
+    shutil.copy(base, churned)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        synced_until = datetime.fromisoformat(conn.execute(sa.text(
+            'SELECT max(updated_at) FROM "MasterParcels"')).scalar())
+    engine.dispose()
+    changes = churn(churned_url, seed=7, **{k: max(1, int(rows * v)) for k, v in CHURN.items()})
+    full_range = partition_range(url)
+    touched = partition_range(churned_url, newer_than=synced_until)
+    keys = PARTITIONS.get_partition_keys()
+    last = keys.index(full_range[1])
+    backfill = (keys[max(0, last - 29)], keys[last])
+    plan = {
+        "full": (url, "...".join(full_range), rows),
+        "incremental": (churned_url, "...".join(touched),
+                        changes["updated"] + changes["inserted"]),
+        "backfill": (url, "...".join(backfill), rows_between(url, *backfill)),
+    }
+    plan["backfill-rerun"] = plan["backfill"]
+    cases = []
+    for tool in tools:
+        walls: dict[str, list[float]] = {step: [] for step in STEPS}
+        rss: dict[str, list[float]] = {step: [] for step in STEPS}
+        for attempt in range(repeat):
+            synced = root / tool / f"full-{attempt}"
+            shutil.rmtree(synced, ignore_errors=True)
+            for step, workdir in (("full", synced), ("incremental", synced.with_name(
+                    f"incremental-{attempt}")), ("backfill", synced.with_name(
+                    f"backfill-{attempt}"))):
+                if step == "incremental":
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    shutil.copytree(synced, workdir)
+                source, partitions, _ = plan[step]
+                wall, peak = measure(tool, step, workdir, source, partitions)
+                walls[step].append(wall)
+                rss[step].append(peak)
+                print(f"  {rows:>9} {tool:<13} {step:<15} run {attempt + 1}: {wall:8.2f} s "
+                      f"{peak:8.0f} MB", flush=True)
+            wall, peak = measure(tool, "backfill-rerun", synced.with_name(f"backfill-{attempt}"),
+                                 *plan["backfill-rerun"][:2])
+            walls["backfill-rerun"].append(wall)
+            rss["backfill-rerun"].append(peak)
+            print(f"  {rows:>9} {tool:<13} backfill-rerun  run {attempt + 1}: {wall:8.2f} s "
+                  f"{peak:8.0f} MB", flush=True)
+        for step in STEPS:
+            median = statistics.median(walls[step])
+            cases.append({"tool": tool, "step": step, "outputs": OUTPUTS[tool],
+                          "runs": len(walls[step]), "wall_s_median": round(median, 3),
+                          "rows": plan[step][2],
+                          "rows_per_s": round(plan[step][2] / median, 1) if median else None,
+                          "peak_rss_mb": round(max(rss[step]), 1),
+                          "partitions": plan[step][1]})
+    add_ratios(cases)
+    return {"machine": machine(), "source_rows": rows, "churn": changes | {
+        "updated_at": str(changes["updated_at"])}, "cases": cases}
+
+
+def add_ratios(cases: list[dict]) -> None:
+    """``x_vs_<peer>``: the peer's median wall time over this case's (above 1 = faster)."""
+    by = {(c["tool"], c["step"]): c for c in cases}
+    for case in cases:
+        for peer in ("seeds-pandas", "dlt"):
+            other = by.get((peer, case["step"]))
+            if other and case["tool"] != peer and case["wall_s_median"]:
+                case[f"x_vs_{peer}"] = round(other["wall_s_median"] / case["wall_s_median"], 2)
+
+
+def table(result: dict) -> str:
+    lines = [f"source rows: {result['source_rows']:,}", "",
+             "| tool | step | wall s (median) | rows/s | peak RSS MB | x vs seeds | x vs dlt |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for c in result["cases"]:
+        lines.append(f"| {c['tool']} | {c['step']} | {c['wall_s_median']:.2f} | "
+                     f"{c['rows_per_s']:,.0f} | {c['peak_rss_mb']:.0f} | "
+                     f"{c.get('x_vs_seeds-pandas', '')} | {c.get('x_vs_dlt', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="scratch folder (default: a temporary one, removed afterwards)")
+    args = parser.parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
+        for rows in sorted(args.sizes):
+            started = time.monotonic()
+            result = bench_size(rows, args.repeat, Path(scratch) / str(rows), tuple(args.tools))
+            text = json.dumps(result, indent=1, default=str)
+            (args.out / f"{stamp}-{rows}.json").write_text(text)
+            (args.out / f"latest-{rows}.json").write_text(text)
+            (args.out / "latest.json").write_text(text)
+            print(table(result))
+            print(f"({time.monotonic() - started:.0f} s for this size)\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

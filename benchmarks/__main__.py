@@ -97,11 +97,12 @@ def rows_between(url: str, first: str, last: str) -> int:
     return count
 
 
-def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...]) -> dict:
+def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
+               days: float = 365) -> dict:
     base = root / f"source-{rows}.sqlite"
     churned = root / f"source-{rows}-churned.sqlite"
     url, churned_url = f"sqlite:///{base}", f"sqlite:///{churned}"
-    create_demo_source(url, rows=rows, seed=42)
+    create_demo_source(url, rows=rows, seed=42, days=days)
     shutil.copy(base, churned)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -155,7 +156,8 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...]) -> di
                           "peak_rss_mb": round(max(rss[step]), 1),
                           "partitions": plan[step][1]})
     add_ratios(cases)
-    return {"machine": machine(), "source_rows": rows, "churn": changes | {
+    return {"machine": machine(), "source_rows": rows, "source_days": days,
+            "churn": changes | {
         "updated_at": str(changes["updated_at"])}, "cases": cases}
 
 
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    parser.add_argument("--days", type=float, default=365,
+                        help="days of history in the source (daily partitions of the full sync)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="scratch folder (default: a temporary one, removed afterwards)")
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         for rows in sorted(args.sizes):
             started = time.monotonic()
-            result = bench_size(rows, args.repeat, Path(scratch) / str(rows), tuple(args.tools))
+            result = bench_size(rows, args.repeat, Path(scratch) / str(rows), tuple(args.tools),
+                                args.days)
             text = json.dumps(result, indent=1, default=str)
             (args.out / f"{stamp}-{rows}.json").write_text(text)
             (args.out / f"latest-{rows}.json").write_text(text)

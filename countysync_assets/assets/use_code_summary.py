@@ -3,7 +3,7 @@
 import pandas as pd
 from dagster import AssetIn, BackfillPolicy, Output, asset
 
-from countysync_assets.assets.asset_metadata import GROUP, storage_metadata, window_metadata
+from countysync_assets.assets.asset_metadata import GROUP, storage_metadata
 
 COLUMNS = {
     "use_code": "string: Washington DOR land use code",
@@ -14,8 +14,7 @@ COLUMNS = {
 
 
 @asset(
-    ins={"stats": AssetIn(metadata={"columns": ["id", "use_code", "acres", "assessed_value",
-                                                "updated_at"]})},
+    ins={"stats": AssetIn(metadata={"columns": ["use_code", "acres", "assessed_value"]})},
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"pandas", "sqlite", "csv"},
@@ -27,14 +26,13 @@ COLUMNS = {
 def use_code_summary(stats: pd.DataFrame) -> Output[pd.DataFrame]:
     summary = (
         stats.groupby("use_code", dropna=False)
-        .agg(parcel_count=("id", "size"), total_acres=("acres", "sum"),
+        .agg(parcel_count=("use_code", "size"), total_acres=("acres", "sum"),
              total_assessed_value=("assessed_value", "sum"))
         .reset_index()
         .sort_values("use_code", ignore_index=True)
     )
     summary["total_acres"] = summary["total_acres"].round(4)
     return Output(summary, metadata={
-        **window_metadata(stats),
         "dagster/row_count": len(summary),
         "parcels": int(summary["parcel_count"].sum()),
         "total_assessed_value": int(summary["total_assessed_value"].sum()),

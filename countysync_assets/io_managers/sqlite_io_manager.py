@@ -173,7 +173,9 @@ class SQLiteIOManager(FormatIOManager):
             query += f" WHERE {quote(cursor)} >= ? AND {quote(cursor)} < ?"
             params = [window.start.strftime(ISO_FORMAT), window.end.strftime(ISO_FORMAT)]
         with closing(sqlite3.connect(path)) as conn:
-            frame = pd.read_sql_query(query, conn, params=params)
+            # in chunks: the DBAPI's row tuples for a whole county cost more than the frame
+            chunks = list(pd.read_sql_query(query, conn, params=params, chunksize=100_000))
+            frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
             declared = {row[1]: row[2]
                         for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
         for column, declared_type in declared.items():

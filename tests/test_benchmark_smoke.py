@@ -1,0 +1,25 @@
+"""The benchmark at a tiny size, so it cannot rot. Its numbers are never asserted here:
+machines are noisy; only that every case ran and the results have their documented form."""
+
+import json
+
+from benchmarks.__main__ import OUTPUTS, STEPS, TOOLS, main
+
+
+def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["--sizes", "400", "--repeat", "1", "--days", "32", "--out", str(out),
+                 "--workdir", str(tmp_path)]) == 0
+    result = json.loads((out / "latest-400.json").read_text())
+    assert json.loads((out / "latest.json").read_text()) == result
+    assert result["source_rows"] == 400
+    assert {"cpu", "cpus", "memory_gb", "python", "versions"} <= set(result["machine"])
+    cases = {(c["tool"], c["step"]): c for c in result["cases"]}
+    assert set(cases) == {(tool, step) for tool in TOOLS for step in STEPS}
+    for (tool, _step), case in cases.items():
+        assert case["outputs"] == OUTPUTS[tool]
+        assert case["runs"] == 1 and case["wall_s_median"] > 0 and case["peak_rss_mb"] > 0
+        assert case["rows"] > 0 and case["rows_per_s"] > 0
+        if tool == "countysync":
+            assert case["x_vs_seeds-pandas"] > 0 and case["x_vs_dlt"] > 0
+    assert "| countysync | incremental |" in capsys.readouterr().out

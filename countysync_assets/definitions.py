@@ -5,7 +5,7 @@ Configuration comes from the environment and ``.env`` (see README, "Configuratio
 
 import os
 
-from dagster import AssetSelection, Definitions, define_asset_job, load_assets_from_modules
+from dagster import Definitions, load_assets_from_modules
 
 from countysync_assets import assets
 from countysync_assets.io_managers.export_io_manager import (
@@ -13,16 +13,12 @@ from countysync_assets.io_managers.export_io_manager import (
     check_formats,
     parse_formats,
 )
+from countysync_assets.jobs import sync_job
 from countysync_assets.resources.source_config import source_from_env
+from countysync_assets.schedules import nightly_sync_schedule
+from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
 all_assets = load_assets_from_modules([assets])
-
-sync_job = define_asset_job(
-    "sync_parcels",
-    selection=AssetSelection.all(),
-    description="Extract changed parcels for the chosen windows and publish every output.",
-)
-
 
 def export_io_manager_from_env() -> ExportIOManager:
     """The export IO manager with ``COUNTYSYNC_EXPORT_DIR`` and ``COUNTYSYNC_FORMATS``."""
@@ -35,5 +31,7 @@ def export_io_manager_from_env() -> ExportIOManager:
 defs = Definitions(
     assets=all_assets,
     jobs=[sync_job],
+    sensors=[source_changes_sensor],
+    schedules=[nightly_sync_schedule],
     resources={"source": source_from_env(), "io_manager": export_io_manager_from_env()},
 )

@@ -47,8 +47,14 @@ def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame, columns: list
     )
 
 
-def assert_outputs_match_source(url: str, export_dir: Path, keys: list[str]) -> None:
-    """Every output equals the source row by row, for the partitions ``keys``."""
+def assert_outputs_match_source(url: str, export_dir: Path, keys: list[str],
+                                file_keys: list[str] | None = None) -> None:
+    """Every current-state output equals the source row by row for the partitions ``keys``,
+    and so does each per-window change file of ``file_keys`` (default: ``keys``).
+
+    A change file records a window's rows as they were when it was synced: after a row is
+    edited again it moves to a later window, and only that window's file lists it anew.
+    """
     source = source_rows(url)
     source = source[source["partition"].isin(keys)]
     assert len(source), "the source has no rows in these partitions"
@@ -75,7 +81,7 @@ def assert_outputs_match_source(url: str, export_dir: Path, keys: list[str]) -> 
         indexed = conn.execute("SELECT count(*) FROM rtree_parcels_geom").fetchone()[0]
     assert indexed == len(layer), "the spatial index must hold every parcel"
 
-    for key in keys:
+    for key in keys if file_keys is None else file_keys:
         window = source[source["partition"] == key]
         csv = pd.read_csv(export_dir / "working" / f"{key}.csv", dtype={"use_code": str})
         assert_same_rows(csv, window, WORKING)

@@ -267,7 +267,8 @@ class MasterParcelsSource(ConfigurableResource):
                         return
                     self._reject_null_keys(batch, start, end)
                     raw_last = batch[self.cursor_column].iloc[-1] if len(batch) else None
-                    batch[self.cursor_column] = self._cursor_to_utc(table, batch)
+                    batch[self.cursor_column] = self._cursor_to_utc(
+                        table, batch[self.cursor_column])
                     if srid is not None:
                         batch[SRID_COLUMN] = srid
                     if raw_last is not None:
@@ -286,16 +287,15 @@ class MasterParcelsSource(ConfigurableResource):
             return raw.replace(tzinfo=self._zone()).astimezone(UTC)
         return raw.astimezone(UTC)
 
-    def _cursor_to_utc(self, table: sa.Table, batch: pd.DataFrame) -> pd.Series:
-        values = batch[self.cursor_column]
-        if self._cursor_is_naive(table):
-            # The hour repeated when DST ends is read as its first (DST) occurrence, as
-            # zoneinfo's fold=0 does for the keyset cursor; the skipped hour shifts forward.
-            stamps = pd.to_datetime(values).dt.tz_localize(
-                self._zone(), ambiguous=np.ones(len(values), dtype=bool),
-                nonexistent="shift_forward")
-        else:
-            stamps = pd.to_datetime(values, utc=True)
+    def _cursor_to_utc(self, table: sa.Table, values: pd.Series) -> pd.Series:
+        """Cursor values as UTC ``datetime64[us, UTC]``; naive ones are in source_timezone."""
+        if not self._cursor_is_naive(table):
+            return pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
+        # The hour repeated when DST ends is read as its first (DST) occurrence, as
+        # zoneinfo's fold=0 does for the keyset cursor; the skipped hour shifts forward.
+        stamps = pd.to_datetime(values).dt.tz_localize(
+            self._zone(), ambiguous=np.ones(len(values), dtype=bool),
+            nonexistent="shift_forward")
         return stamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
 
     def _reject_null_keys(self, batch: pd.DataFrame, start: datetime, end: datetime) -> None:
@@ -312,13 +312,66 @@ class MasterParcelsSource(ConfigurableResource):
             "No output was changed."
         )
 
-    def cursor_bounds(self) -> tuple[datetime, datetime] | None:
-        """The earliest and latest cursor value in the table (UTC), or None if it is empty."""
-        table = self.table_ref()
+    def _cursor_text(self, table: sa.Table) -> sa.ColumnElement:
+        """The cursor at the source's full precision: SQL Server's datetime2 has 100 ns ticks,
+        which pyodbc's datetime would cut to microseconds, so it is read as ISO text there."""
         cursor = table.c[self.cursor_column]
+        if self.dialect_name == "mssql":
+            return sa.func.convert(sa.literal_column("varchar(27)"), cursor,
+                                   sa.literal_column("126"))
+        return cursor
+
+    def changes_since(self, since: datetime | None, limit: int | None = None) -> pd.DataFrame:
+        """Key and cursor of the rows with cursor >= ``since`` (UTC), oldest first.
+
+        Columns: ``cursor_text`` (the source's value at full precision, as text), ``updated_at``
+        (UTC, microseconds) and ``id``. Only two columns travel, so a poll stays cheap.
+        """
+        table = self.table_ref()
+        cursor, key = table.c[self.cursor_column], table.c[self.key_column]
+        query = sa.select(self._cursor_text(table).label("cursor_text"), key.label("id")) \
+            .order_by(cursor, key)
+        if since is not None:
+            query = query.where(cursor >= self._to_source_time(table, since))
+        if limit is not None:
+            query = query.limit(limit)
         try:
             with self.get_engine().connect() as conn:
-                low, high = conn.execute(sa.select(sa.func.min(cursor), sa.func.max(cursor))).one()
+                rows = conn.execute(query).all()
+        except sa.exc.DBAPIError as err:
+            raise self._unreachable(err) from None
+        frame = pd.DataFrame(rows, columns=["cursor_text", "id"])
+        raw = frame["cursor_text"]
+        if self.dialect_name == "mssql":  # text with 7 decimals; a datetime holds 6
+            frame["updated_at"] = self._cursor_to_utc(
+                table, pd.to_datetime(raw.str.slice(0, 26), format="ISO8601"))
+        else:
+            frame["updated_at"] = self._cursor_to_utc(table, raw)
+            frame["cursor_text"] = raw.map(lambda v: v.isoformat(timespec="microseconds"))
+        return frame
+
+    def count_since(self, since: datetime | None) -> int:
+        """How many rows have cursor >= ``since`` (UTC); all rows if ``since`` is None."""
+        table = self.table_ref()
+        query = sa.select(sa.func.count()).select_from(table)
+        if since is not None:
+            query = query.where(table.c[self.cursor_column] >= self._to_source_time(table, since))
+        try:
+            with self.get_engine().connect() as conn:
+                return int(conn.execute(query).scalar_one())
+        except sa.exc.DBAPIError as err:
+            raise self._unreachable(err) from None
+
+    def cursor_bounds(self, since: datetime | None = None) -> tuple[datetime, datetime] | None:
+        """The earliest and latest cursor value (UTC) at or after ``since``; None if none."""
+        table = self.table_ref()
+        cursor = table.c[self.cursor_column]
+        query = sa.select(sa.func.min(cursor), sa.func.max(cursor))
+        if since is not None:
+            query = query.where(cursor >= self._to_source_time(table, since))
+        try:
+            with self.get_engine().connect() as conn:
+                low, high = conn.execute(query).one()
         except sa.exc.DBAPIError as err:
             raise self._unreachable(err) from None
         if low is None:

@@ -1,0 +1,1 @@
+"""Sensors: the change sensor that keeps every output in step with the source."""

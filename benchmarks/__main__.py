@@ -63,12 +63,12 @@ def measure(tool: str, step: str, workdir: Path, url: str, partitions: str) -> t
             [sys.executable, "-m", "benchmarks.case", tool, step, str(workdir), url, partitions],
             stdout=subprocess.PIPE, stderr=log, text=True)
         output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process.wait()
     if process.returncode:
         raise RuntimeError(f"{tool} {step} failed; see {workdir / f'{tool}-{step}.log'}:\n"
                            + (workdir / f"{tool}-{step}.log").read_text()[-2000:])
-    return json.loads(output.strip().splitlines()[-1])["wall_s"], usage.ru_maxrss / 1024
+    measured = json.loads(output.strip().splitlines()[-1])
+    return measured["wall_s"], measured["peak_rss_mb"]
 
 
 def partition_range(url: str, newer_than: datetime | None = None) -> tuple[str, str]:

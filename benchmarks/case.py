@@ -1,5 +1,7 @@
 """One benchmark case in its own process: ``python -m benchmarks.case TOOL STEP WORKDIR URL
-PARTITIONS``. Prints the wall seconds of the work itself (imports excluded) as JSON."""
+PARTITIONS``. Prints, as JSON, the wall seconds of the work itself (imports excluded) and the
+process's peak RSS: ``VmHWM``, which belongs to this process's own address space, whereas
+``ru_maxrss`` would carry over the parent's high-water mark across fork and exec."""
 
 import importlib
 import json
@@ -20,7 +22,11 @@ def main() -> None:
     module = importlib.import_module(MODULES[tool])  # imports are not part of the timing
     started = time.perf_counter()
     module.run(step, Path(workdir), source_url, partitions)
-    print(json.dumps({"wall_s": time.perf_counter() - started}))
+    wall = time.perf_counter() - started
+    peak_kb = next(int(line.split()[1]) for line in
+                   Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    print(json.dumps({"wall_s": wall, "peak_rss_mb": peak_kb / 1024}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ writes nothing. Assets without key columns (summaries) are replaced whole, in on
 """
 
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from countysync_assets.io_managers.publishing import (
 )
 
 TIMESTAMP = "TIMESTAMP"  # declared type of datetime columns, read back as UTC datetimes
+SYNC_LOG = "sync_log"  # one row per write, in the same transaction as the data
+SYNC_LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS sync_log (
+    logged_at TEXT NOT NULL, run_id TEXT, asset TEXT NOT NULL, partitions TEXT,
+    rows_in INTEGER, inserted INTEGER, updated INTEGER, unchanged INTEGER, deleted INTEGER,
+    watermark_before TEXT, watermark_after TEXT, seconds REAL)"""
 
 
 def quote(identifier: str) -> str:
@@ -100,6 +106,7 @@ class SQLiteIOManager(FormatIOManager):
         keys = list(metadata.get(KEY_COLUMNS) or [])
         cursor = metadata.get(CURSOR_COLUMN)
         path, table = self.db_path(context), asset_name(context)
+        started = time.monotonic()
         conn = open_sqlite(path)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -107,6 +114,7 @@ class SQLiteIOManager(FormatIOManager):
             declared = {c.name: c.type for c in schema.columns} if schema else {}
             self._ensure_table(conn, table, obj, declared, keys, cursor)
             before = conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
+            mark_before = self._watermark(conn, table, cursor)
             columns = list(obj.columns)
             if keys:
                 statement = (f"{insert_sql(table, columns)} "
@@ -116,21 +124,49 @@ class SQLiteIOManager(FormatIOManager):
                 statement = insert_sql(table, columns)
             written = max(conn.executemany(statement, to_rows(obj)).rowcount, 0)
             after = conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
+            inserted = after - before if keys else written
+            counts = {"rows_in": len(obj), "inserted": inserted, "updated": written - inserted,
+                      "unchanged": len(obj) - written, "deleted": 0,
+                      "watermark_before": mark_before,
+                      "watermark_after": self._watermark(conn, table, cursor),
+                      "seconds": round(time.monotonic() - started, 3)}
+            self._log_sync(conn, context, table, counts)
         except BaseException:
             conn.rollback()
             conn.close()
             raise
         staged = staged_transaction(f"{path.name}:{table}", conn)
-        inserted = after - before if keys else written
         staged.metadata = {
             "sqlite_path": str(path),
             "sqlite_table": table,
-            "sqlite_rows_inserted": inserted,
-            "sqlite_rows_updated": written - inserted,
-            "sqlite_rows_unchanged": len(obj) - written,
+            "sqlite_rows_inserted": counts["inserted"],
+            "sqlite_rows_updated": counts["updated"],
+            "sqlite_rows_unchanged": counts["unchanged"],
             "sqlite_table_rows": after,
+            "watermark_before": counts["watermark_before"] or "",
+            "watermark_after": counts["watermark_after"] or "",
+            "sync_seconds": counts["seconds"],
         }
         return staged
+
+    @staticmethod
+    def _watermark(conn: sqlite3.Connection, table: str, cursor: str | None) -> str | None:
+        """The newest cursor value stored (the cursor is indexed: this is one seek)."""
+        if not cursor:
+            return None
+        return conn.execute(f"SELECT max({quote(cursor)}) FROM {quote(table)}").fetchone()[0]
+
+    @staticmethod
+    def _log_sync(conn: sqlite3.Connection, context: OutputContext, table: str,
+                  counts: dict) -> None:
+        keys = context.asset_partition_keys if context.has_asset_partitions else []
+        partitions = f"{keys[0]}...{keys[-1]}" if len(keys) > 1 else (keys[0] if keys else None)
+        conn.execute(SYNC_LOG_SCHEMA)
+        conn.execute(
+            "INSERT INTO sync_log VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), :run_id, "
+            ":asset, :partitions, :rows_in, :inserted, :updated, :unchanged, :deleted, "
+            ":watermark_before, :watermark_after, :seconds)",
+            {**counts, "run_id": context.run_id, "asset": table, "partitions": partitions})
 
     @staticmethod
     def _ensure_table(conn: sqlite3.Connection, table: str, frame: pd.DataFrame,

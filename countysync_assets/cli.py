@@ -4,6 +4,7 @@
     countysync churn --updates N --inserts N --deletes N [--path P | --url URL]
     countysync partition-range        first...last partition, for --partition-range
     countysync outputs                where each output is and what it holds
+    countysync status                 last syncs, the watermark, how far behind the source
 """
 
 import argparse
@@ -82,6 +83,43 @@ def _print_outputs(args: argparse.Namespace) -> None:
         print(f"  {path.name:<22} whole-county table")
 
 
+def _print_status(args: argparse.Namespace) -> None:
+    """The last syncs, the watermark, and how far the outputs are behind the source."""
+    import pandas as pd
+
+    from countysync_assets.resources.source_config import source_from_env
+
+    root = Path(args.export_dir or os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports")
+    logs = []
+    for path in sorted(root.glob("*.sqlite")):
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sync_log'").fetchone():
+                logs.append(pd.read_sql_query("SELECT * FROM sync_log", conn))
+    if not logs:
+        print(f"No syncs yet in {root.resolve()}.")
+        return
+    log = pd.concat(logs).sort_values("logged_at", ascending=False)
+    print(f"Last syncs in {root.resolve()} (newest first):")
+    for row in log.head(args.last).itertuples():
+        print(f"  {row.logged_at}  {row.asset:<17} {row.partitions or '-':<23} "
+              f"{row.rows_in:>8} in: {row.inserted} new, {row.updated} updated, "
+              f"{row.unchanged} unchanged, {row.deleted} deleted  ({row.seconds:.2f} s)")
+    marks = log.loc[log["asset"] == "master_parcels", "watermark_after"].dropna()
+    if marks.empty:
+        return
+    watermark = pd.Timestamp(marks.max())
+    print(f"Watermark (newest updated_at synced): {watermark.isoformat()}")
+    source = source_from_env(as_env_vars=False)
+    newest = source.cursor_bounds()
+    behind = source.count_since(watermark.to_pydatetime() + pd.Timedelta(microseconds=1))
+    if newest is None or behind == 0:
+        print("The outputs are in step with the source: no newer rows there.")
+    else:
+        lag = pd.Timestamp(newest[1]) - watermark
+        print(f"The source has {behind} newer row(s), up to {newest[1].isoformat()} "
+              f"({lag} behind).")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="countysync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     outputs = commands.add_parser("outputs", help="list the outputs and what they hold")
     outputs.add_argument("--export-dir", default=None)
     outputs.set_defaults(run=_print_outputs)
+
+    status = commands.add_parser("status", help="last syncs, watermark, and lag behind the "
+                                 "source")
+    status.add_argument("--export-dir", default=None)
+    status.add_argument("--last", type=int, default=10, help="how many syncs to list")
+    status.set_defaults(run=_print_status)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,28 @@
+"""``countysync status``: what a GIS analyst asks first: when did it last sync, and is it behind?"""
+
+from datetime import timedelta
+
+from conftest import AS_OF, materialize_range
+
+from countysync_assets.cli import main
+from countysync_assets.demo_source import churn
+from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+
+
+def test_status_lists_syncs_watermark_and_lag(demo_url, tmp_path, instance, monkeypatch,
+                                              capsys):
+    exports = tmp_path / "exports"
+    monkeypatch.setenv("COUNTYSYNC_SOURCE_URL", demo_url)
+    assert main(["status", "--export-dir", str(exports)]) == 0
+    assert "No syncs yet" in capsys.readouterr().out
+
+    materialize_range(MasterParcelsSource(url=demo_url), exports, instance)
+    assert main(["status", "--export-dir", str(exports)]) == 0
+    out = capsys.readouterr().out
+    assert "working" in out and "2026-05-28...2026-05-31" in out and "2000 new" in out
+    assert "in step with the source" in out
+
+    churn(demo_url, updates=12, inserts=3, seed=1, now=AS_OF + timedelta(hours=2))
+    assert main(["status", "--export-dir", str(exports)]) == 0
+    out = capsys.readouterr().out
+    assert "The source has 15 newer row(s), up to 2026-06-01T01:59:59" in out  # churn: last second

@@ -61,7 +61,7 @@ def measure(tool: str, step: str, workdir: Path, url: str, partitions: str) -> t
     with open(workdir / f"{tool}-{step}.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.case", tool, step, str(workdir), url, partitions],
-            stdout=subprocess.PIPE, stderr=log, text=True)
+            stdout=subprocess.PIPE, stderr=log, text=True, cwd=Path(__file__).parents[1])
         output = process.stdout.read()
         process.wait()
     if process.returncode:

@@ -13,9 +13,9 @@ from countysync_assets.io_managers.export_io_manager import (
     check_formats,
     parse_formats,
 )
-from countysync_assets.jobs import sync_job
+from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.resources.source_config import source_from_env
-from countysync_assets.schedules import nightly_sync_schedule
+from countysync_assets.schedules import nightly_delete_check, nightly_sync_schedule
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
 all_assets = load_assets_from_modules([assets])
@@ -30,8 +30,8 @@ def export_io_manager_from_env() -> ExportIOManager:
 
 defs = Definitions(
     assets=all_assets,
-    jobs=[sync_job],
+    jobs=[sync_job, reconcile_deletes_job],
     sensors=[source_changes_sensor],
-    schedules=[nightly_sync_schedule],
+    schedules=[nightly_sync_schedule, nightly_delete_check],
     resources={"source": source_from_env(), "io_manager": export_io_manager_from_env()},
 )

@@ -1,9 +1,18 @@
-"""The sync job: every asset, for the partitions a run is given (one, or a range)."""
+"""Jobs: the sync (every asset but the delete check, for the partitions a run is given) and
+the delete check (key reconciliation)."""
 
 from dagster import AssetSelection, define_asset_job
 
+RECONCILE = AssetSelection.assets("deleted_parcels")
+
 sync_job = define_asset_job(
     "sync_parcels",
-    selection=AssetSelection.all(),
+    selection=AssetSelection.all() - RECONCILE,
     description="Extract changed parcels for the chosen windows and publish every output.",
+)
+
+reconcile_deletes_job = define_asset_job(
+    "reconcile_deletes",
+    selection=RECONCILE,
+    description="Find parcels deleted from the source and remove them from every output.",
 )

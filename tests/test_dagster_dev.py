@@ -18,8 +18,9 @@ from countysync_assets.demo_source import create_demo_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Never-Sh0w-Me"
-ASSETS = ["master_parcels", "working", "stats", "parcel_geometry", "geometry_rejects",
+SYNCED = ["master_parcels", "working", "stats", "parcel_geometry", "geometry_rejects",
           "use_code_summary"]
+ASSETS = [*SYNCED, "deleted_parcels"]
 
 
 def free_port() -> int:
@@ -80,7 +81,7 @@ def test_ui_lists_every_asset_with_its_partitions(dagster_dev):
                               groupName } }""")["assetNodes"]
     by_key = {n["assetKey"]["path"][-1]: n for n in nodes}
     assert sorted(by_key) == sorted(ASSETS)
-    assert all(by_key[a]["isPartitioned"] for a in ASSETS if a != "use_code_summary")
+    assert all(by_key[a]["isPartitioned"] for a in SYNCED if a != "use_code_summary")
     assert all(n["description"] and n["groupName"] == "parcels" for n in nodes)
 
 
@@ -106,7 +107,7 @@ def test_backfill_launched_like_the_ui_syncs_every_output(dagster_dev):
           __typename ... on LaunchBackfillSuccess { backfillId }
           ... on PythonError { message } } }""", params={
         "partitionNames": keys, "title": "test backfill",
-        "assetSelection": [{"path": [a]} for a in ASSETS]})
+        "assetSelection": [{"path": [a]} for a in SYNCED]})
     result = launched["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
     deadline = time.monotonic() + 300

@@ -14,7 +14,11 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext
 from pydantic import Field
 
 from countysync_assets.io_managers.csv_io_manager import CsvIOManager
-from countysync_assets.io_managers.format_io_manager import FORMATS, FormatIOManager
+from countysync_assets.io_managers.format_io_manager import (
+    DELETES_FROM,
+    FORMATS,
+    FormatIOManager,
+)
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
 from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
 from countysync_assets.io_managers.json_io_manager import JsonIOManager
@@ -72,11 +76,14 @@ class ExportIOManager(ConfigurableIOManager):
     gpkg_file_name: str = Field(default="geo_db.gpkg", description="GeoPackage file name.")
 
     def formats_for(self, context: OutputContext | InputContext) -> list[str]:
-        name = asset_name(context)
-        if name in self.formats:
-            return self.formats[name]
         metadata = (context.upstream_output if isinstance(context, InputContext)
                     else context).definition_metadata or {}
+        return self.formats_of(asset_name(context), metadata)
+
+    def formats_of(self, name: str, metadata: dict) -> list[str]:
+        """The configured formats of asset ``name``, else those its metadata declares."""
+        if name in self.formats:
+            return self.formats[name]
         return list(metadata.get(FORMATS) or ["sqlite"])
 
     def manager(self, fmt: str) -> FormatIOManager:
@@ -88,8 +95,15 @@ class ExportIOManager(ConfigurableIOManager):
         # Transactions commit first: a GeoPackage commit can wait on a reader and time out,
         # and until it succeeds nothing else has been published.
         chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
+        # tombstones also delete their ids from the current state of the assets they name
+        targets = (context.definition_metadata or {}).get(DELETES_FROM) or {}
         staged = []
         try:
+            for name, metadata in targets.items():
+                for fmt in self.formats_of(name, metadata):
+                    if fmt in LOADABLE:
+                        staged.append(self.manager(fmt).stage_delete(name, metadata, obj,
+                                                                      context.run_id))
             for fmt in chosen:
                 staged.append(self.manager(fmt).stage(context, obj))
         except BaseException:

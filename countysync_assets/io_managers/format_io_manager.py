@@ -27,6 +27,7 @@ KEY_COLUMNS = "countysync/key_columns"  # merge key of current-state stores, e.g
 CURSOR_COLUMN = "countysync/cursor_column"  # the time column partitions are windows over
 SQLITE_DB = "countysync/sqlite_db"  # database file name; default "<asset>.sqlite"
 GPKG_LAYER = "countysync/gpkg_layer"  # GeoPackage layer name; default the asset name
+DELETES_FROM = "countysync/deletes_from"  # tombstone assets: the assets their ids leave
 FORMATS = "countysync/formats"  # the asset's default formats, e.g. ["sqlite", "csv"]
 
 
@@ -38,6 +39,11 @@ class FormatIOManager(ConfigurableIOManager):
     def stage(self, context: OutputContext, obj: Any) -> StagedWrite:
         """Write ``obj`` where no reader sees it yet; must clean up after itself on failure."""
         raise NotImplementedError
+
+    def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
+                     run_id: str) -> StagedWrite:
+        """Remove the tombstones' ids from ``asset``'s current state (stores that hold one)."""
+        raise NotImplementedError(f"{type(self).__name__} holds no current state to delete from")
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         staged = self.stage(context, obj)

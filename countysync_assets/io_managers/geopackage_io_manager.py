@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 import pyogrio
 import shapely
 from dagster import InputContext, OutputContext
@@ -34,7 +35,7 @@ from countysync_assets.io_managers.publishing import (
     staged_transaction,
     temp_sibling,
 )
-from countysync_assets.io_managers.sqlite_io_manager import quote, upsert_clause
+from countysync_assets.io_managers.sqlite_io_manager import quote, to_rows, upsert_clause
 
 GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
 # GDAL stores GeoPackage datetimes with milliseconds and drops ".000": normalize to compare.
@@ -160,6 +161,33 @@ class GeoPackageIOManager(FormatIOManager):
         staged.metadata = {"gpkg_rows_inserted": inserted,
                            "gpkg_rows_updated": max(written, 0) - inserted,
                            "gpkg_layer_rows": after}
+        return staged
+
+    def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
+                     run_id: str) -> StagedWrite:
+        """Remove the tombstones' features (unless the stored version is newer) in one
+        transaction; GDAL's triggers keep the spatial index and feature count in step."""
+        path = export_path(self.export_dir, self.file_name)
+        layer = metadata.get(GPKG_LAYER) or asset
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60) if path.exists() else None
+        if conn is None or not len(tombstones):
+            if conn is not None:
+                conn.close()
+            return StagedWrite(f"{path.name}:{layer} deletes", metadata={"deleted_from_gpkg": 0})
+        try:
+            _register_gpkg_functions(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            deleted = conn.executemany(
+                f"DELETE FROM {quote(layer)} WHERE id = ? AND "
+                f"{GPKG_TIME.format('updated_at')} <= {GPKG_TIME.format('?')}",
+                to_rows(tombstones[["id", "deleted_at"]])).rowcount
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        staged = staged_transaction(f"{path.name}:{layer} deletes", conn)
+        staged.metadata = {"deleted_from_gpkg": max(deleted, 0)}
         return staged
 
     def load_input(self, context: InputContext) -> gpd.GeoDataFrame:

@@ -130,7 +130,8 @@ class SQLiteIOManager(FormatIOManager):
                       "watermark_before": mark_before,
                       "watermark_after": self._watermark(conn, table, cursor),
                       "seconds": round(time.monotonic() - started, 3)}
-            self._log_sync(conn, context, table, counts)
+            keys_written = context.asset_partition_keys if context.has_asset_partitions else []
+            self._log_sync(conn, context.run_id, table, keys_written, counts)
         except BaseException:
             conn.rollback()
             conn.close()
@@ -157,16 +158,51 @@ class SQLiteIOManager(FormatIOManager):
         return conn.execute(f"SELECT max({quote(cursor)}) FROM {quote(table)}").fetchone()[0]
 
     @staticmethod
-    def _log_sync(conn: sqlite3.Connection, context: OutputContext, table: str,
+    def _log_sync(conn: sqlite3.Connection, run_id: str, table: str, keys: list[str],
                   counts: dict) -> None:
-        keys = context.asset_partition_keys if context.has_asset_partitions else []
         partitions = f"{keys[0]}...{keys[-1]}" if len(keys) > 1 else (keys[0] if keys else None)
         conn.execute(SYNC_LOG_SCHEMA)
         conn.execute(
             "INSERT INTO sync_log VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), :run_id, "
             ":asset, :partitions, :rows_in, :inserted, :updated, :unchanged, :deleted, "
             ":watermark_before, :watermark_after, :seconds)",
-            {**counts, "run_id": context.run_id, "asset": table, "partitions": partitions})
+            {"rows_in": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0,
+             "watermark_before": None, "watermark_after": None, **counts, "run_id": run_id,
+             "asset": table, "partitions": partitions})
+
+    def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
+                     run_id: str) -> StagedWrite:
+        """Delete the tombstones' ids from ``asset``'s table, unless the stored version is
+        newer than the deletion (the id came back), and keep the tombstones in this
+        database's ``deleted_parcels`` table; one transaction."""
+        path = export_path(self.export_dir, metadata.get(SQLITE_DB) or f"{asset}.sqlite")
+        started = time.monotonic()
+        conn = open_sqlite(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            deleted = 0
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                                  (asset,)).fetchone()
+            if exists and len(tombstones):
+                rows = to_rows(tombstones[["id", "deleted_at"]])
+                deleted = max(conn.executemany(
+                    f'DELETE FROM {quote(asset)} WHERE "id" = ? AND "updated_at" <= ?',
+                    rows).rowcount, 0)
+            self._ensure_table(conn, "deleted_parcels", tombstones, {}, ["id"], "deleted_at")
+            columns = list(tombstones.columns)
+            conn.executemany(f"{insert_sql('deleted_parcels', columns)} "
+                             f"{upsert_clause('deleted_parcels', columns, ['id'], 'deleted_at')}",
+                             to_rows(tombstones))
+            self._log_sync(conn, run_id, asset, [], {
+                "rows_in": len(tombstones), "deleted": deleted,
+                "seconds": round(time.monotonic() - started, 3)})
+        except BaseException:
+            conn.rollback()
+            conn.close()
+            raise
+        staged = staged_transaction(f"{path.name}:{asset} deletes", conn)
+        staged.metadata = {f"deleted_from_{asset}": deleted}
+        return staged
 
     @staticmethod
     def _ensure_table(conn: sqlite3.Connection, table: str, frame: pd.DataFrame,

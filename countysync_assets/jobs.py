@@ -1,5 +1,5 @@
 """Jobs: the sync (every asset but the delete check, for the partitions a run is given) and
-the delete check (key reconciliation)."""
+the delete check (key reconciliation, then the county-wide summary it changes)."""
 
 from dagster import AssetSelection, define_asset_job
 
@@ -13,6 +13,6 @@ sync_job = define_asset_job(
 
 reconcile_deletes_job = define_asset_job(
     "reconcile_deletes",
-    selection=RECONCILE,
+    selection=RECONCILE | AssetSelection.assets("use_code_summary"),
     description="Find parcels deleted from the source and remove them from every output.",
 )

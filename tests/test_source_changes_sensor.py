@@ -7,56 +7,19 @@ from datetime import timedelta
 
 import pytest
 from conftest import AS_OF, FIRST_KEY, LAST_KEY, execute
-from dagster import Definitions, SensorResult, build_sensor_context
-from dagster._core.storage.tags import RUN_KEY_TAG
 from output_checks import assert_outputs_match_source, partition_keys
 
-from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import churn
-from countysync_assets.io_managers.export_io_manager import ExportIOManager
-from countysync_assets.jobs import sync_job
-from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors import source_changes_sensor as sensor_module
-from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 from countysync_assets.sensors.sync_cursor import SyncCursor
 
 
-@pytest.fixture
-def syncing(demo_url, tmp_path, instance):
-    """(tick, run) helpers over one source, export folder and instance."""
-    source = MasterParcelsSource(url=demo_url)
-    defs = Definitions(assets=all_assets, jobs=[sync_job], sensors=[source_changes_sensor],
-                       resources={"source": source, "io_manager": ExportIOManager(
-                           export_dir=str(tmp_path / "exports"))})
-    job = defs.resolve_job_def("sync_parcels")
-    state = {"cursor": None}
-
-    def tick() -> SensorResult:
-        context = build_sensor_context(instance=instance, cursor=state["cursor"],
-                                       resources={"source": source}, definitions=defs)
-        result = source_changes_sensor(context)
-        state["cursor"] = result.cursor
-        return result
-
-    def run(result: SensorResult, raise_on_error: bool = True) -> list[bool]:
-        outcomes = []
-        for request in result.run_requests:
-            done = job.execute_in_process(
-                instance=instance, partition_key=request.partition_key,
-                tags={**request.tags, RUN_KEY_TAG: request.run_key},
-                raise_on_error=raise_on_error)
-            outcomes.append(done.success)
-        return outcomes
-
-    return tick, run, state
-
-
 def test_first_tick_requests_each_window_and_then_skips(syncing, demo_url, tmp_path):
-    tick, run, state = syncing
+    tick, run = syncing.tick, syncing.run
     first = tick()
     assert sorted(r.partition_key for r in first.run_requests) == partition_keys(FIRST_KEY,
                                                                                   LAST_KEY)
-    cursor = json.loads(state["cursor"])
+    cursor = json.loads(syncing.cursor)
     assert cursor["version"] == 1
     assert all(cursor["watermark"] in r.run_key for r in first.run_requests)
     assert run(first) == [True] * 4
@@ -64,12 +27,12 @@ def test_first_tick_requests_each_window_and_then_skips(syncing, demo_url, tmp_p
                                                                                LAST_KEY))
     second = tick()
     assert not second.run_requests and "No changes since" in second.skip_reason.skip_message
-    assert json.loads(state["cursor"])["pending"] == {}  # the runs succeeded
+    assert json.loads(syncing.cursor)["pending"] == {}  # the runs succeeded
 
 
 def test_churn_requests_only_the_changed_window_and_outputs_catch_up(syncing, demo_url,
                                                                         tmp_path):
-    tick, run, _ = syncing
+    tick, run = syncing.tick, syncing.run
     run(tick())
     churn(demo_url, updates=25, inserts=10, seed=3, now=AS_OF + timedelta(hours=9))
     result = tick()
@@ -80,11 +43,11 @@ def test_churn_requests_only_the_changed_window_and_outputs_catch_up(syncing, de
 
 
 def test_cursor_keeps_microseconds_and_the_tie_breaking_key(syncing, demo_url):
-    tick, _, state = syncing
+    tick = syncing.tick
     execute(demo_url, 'UPDATE "MasterParcels" SET updated_at = :t WHERE id IN (5, 6, 7)',
             t="2026-05-31 23:59:59.999999")
     tick()
-    cursor = SyncCursor.from_json(state["cursor"])
+    cursor = SyncCursor.from_json(syncing.cursor)
     assert cursor.watermark == "2026-05-31T23:59:59.999999"
     assert cursor.watermark_id == 7
     assert SyncCursor.from_json(cursor.to_json()) == cursor
@@ -92,9 +55,9 @@ def test_cursor_keeps_microseconds_and_the_tie_breaking_key(syncing, demo_url):
 
 def test_rows_arriving_late_behind_the_watermark_are_not_lost(syncing, demo_url):
     """A row committed late, with an updated_at equal to (or just before) the watermark."""
-    tick, _, state = syncing
+    tick = syncing.tick
     tick()
-    watermark = SyncCursor.from_json(state["cursor"]).watermark.replace("T", " ")
+    watermark = SyncCursor.from_json(syncing.cursor).watermark.replace("T", " ")
     execute(demo_url, 'INSERT INTO "MasterParcels" SELECT 90001, parcel_id, owner, '
             "situs_address, use_code, acres, land_value, improvement_value, assessed_value, "
             'tax_year, :t, geometry FROM "MasterParcels" WHERE id = 1', t=watermark)
@@ -104,7 +67,7 @@ def test_rows_arriving_late_behind_the_watermark_are_not_lost(syncing, demo_url)
 
 
 def test_a_huge_change_set_is_one_range_run(syncing, monkeypatch):
-    tick, run, _ = syncing
+    tick, run = syncing.tick, syncing.run
     monkeypatch.setattr(sensor_module, "MAX_ROWS_PER_POLL", 100)
     result = tick()
     assert len(result.run_requests) == 1
@@ -117,14 +80,14 @@ def test_a_huge_change_set_is_one_range_run(syncing, monkeypatch):
 
 def test_a_failed_run_is_requested_again_until_the_outputs_match(syncing, demo_url, tmp_path,
                                                                  monkeypatch):
-    tick, run, state = syncing
+    tick, run = syncing.tick, syncing.run
     monkeypatch.setattr(sensor_module, "INTERVAL_SECONDS", 0)  # no backoff wait in a test
     exports = tmp_path / "exports"
     exports.mkdir()
     (exports / "working").write_text("a file where a folder must go: every run fails")
     first = tick()
     assert not any(run(first, raise_on_error=False))
-    assert len(json.loads(state["cursor"])["pending"]) == 4
+    assert len(json.loads(syncing.cursor)["pending"]) == 4
 
     (exports / "working").unlink()  # the problem is fixed
     retried = tick()
@@ -133,7 +96,7 @@ def test_a_failed_run_is_requested_again_until_the_outputs_match(syncing, demo_u
     assert all("#retry1" in r.run_key for r in retried.run_requests)
     assert run(retried) == [True] * 4
     assert not tick().run_requests
-    assert json.loads(state["cursor"])["pending"] == {}
+    assert json.loads(syncing.cursor)["pending"] == {}
     assert_outputs_match_source(demo_url, exports, partition_keys(FIRST_KEY, LAST_KEY))
     shutil.rmtree(exports)
 

@@ -15,6 +15,7 @@ COLUMNS = {
 
 @asset(
     ins={"stats": AssetIn(metadata={"columns": ["use_code", "acres", "assessed_value"]})},
+    deps=["deleted_parcels"],  # deletes change the totals too
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"pandas", "sqlite", "csv"},

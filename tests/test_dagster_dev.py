@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import AS_OF, FIRST_KEY, LAST_KEY
-from output_checks import assert_outputs_match_source, partition_keys
+from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
 
@@ -99,9 +99,8 @@ def test_ui_shows_the_password_setting_by_name_only(dagster_dev):
     assert SECRET not in str(details)
 
 
-def test_backfill_launched_like_the_ui_syncs_every_output(dagster_dev):
-    url, home = dagster_dev
-    keys = partition_keys(FIRST_KEY, LAST_KEY)
+def backfill_and_wait(url: str, keys: list[str], home: Path) -> None:
+    """Launch a backfill the way the UI's Launch backfill dialog does; wait for success."""
     launched = graphql(url, """mutation($params: LaunchBackfillParams!) {
         launchPartitionBackfill(backfillParams: $params) {
           __typename ... on LaunchBackfillSuccess { backfillId }
@@ -120,7 +119,36 @@ def test_backfill_launched_like_the_ui_syncs_every_output(dagster_dev):
         assert time.monotonic() < deadline, "the backfill did not finish in 5 minutes"
         time.sleep(2)
     assert state in ("COMPLETED", "COMPLETED_SUCCESS"), (home / "dagster_dev.log").read_text()
+
+
+def test_backfill_launched_like_the_ui_syncs_every_output_and_a_rerun_changes_nothing(
+        dagster_dev):
+    url, home = dagster_dev
+    keys = partition_keys(FIRST_KEY, LAST_KEY)
+    backfill_and_wait(url, keys, home)
     runs = graphql(url, "{ runsOrError { ... on Runs { results { status } } } }")
     statuses = [r["status"] for r in runs["runsOrError"]["results"]]
     assert statuses and set(statuses) == {"SUCCESS"}
-    assert_outputs_match_source(f"sqlite:///{home / 'demo.sqlite'}", home / "exports", keys)
+    exports = home / "exports"
+    assert_outputs_match_source(f"sqlite:///{home / 'demo.sqlite'}", exports, keys)
+    before = snapshot(exports)
+    backfill_and_wait(url, keys, home)
+    assert snapshot(exports) == before
+
+
+def test_change_sensor_runs_by_default_and_ticks(dagster_dev):
+    url, _ = dagster_dev
+    query = """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+        ... on Sensor { sensorState { status ticks(limit: 5) { status } } } } }"""
+    selector = {"repositoryName": "__repository__", "repositoryLocationName": "countysync",
+                "sensorName": "source_changes_sensor"}
+    deadline = time.monotonic() + 180
+    while True:
+        state = graphql(url, query, selector=selector)["sensorOrError"]["sensorState"]
+        assert state["status"] == "RUNNING"
+        ticks = {t["status"] for t in state["ticks"]}
+        if ticks & {"SUCCESS", "SKIPPED"}:
+            break
+        assert "FAILURE" not in ticks, state
+        assert time.monotonic() < deadline, "the sensor did not tick in 3 minutes"
+        time.sleep(3)

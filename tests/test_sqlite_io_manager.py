@@ -114,3 +114,18 @@ def test_input_metadata_columns_reads_only_those_columns(manager):
         asset_partition_key_range=context.asset_partition_key_range,
         upstream_output=context.upstream_output, definition_metadata={"columns": ["id", "name"]})
     assert list(manager.load_input(narrow).columns) == ["id", "name"]
+
+
+def test_input_metadata_aggregate_is_totalled_by_sqlite(manager):
+    manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00"),
+                                                    (2, "a", "2026-05-28 02:00"),
+                                                    (3, "b", "2026-05-28 03:00")]))
+    context = input_context()
+    totals = build_input_context(
+        asset_key="things", asset_partitions_def=context.asset_partitions_def,
+        asset_partition_key_range=context.asset_partition_key_range,
+        upstream_output=context.upstream_output, definition_metadata={"aggregate": {
+            "by": "name", "values": {"n": ["count", "*"], "top": ["max", "id"]}}})
+    loaded = manager.load_input(totals).sort_values("name")
+    assert loaded.to_dict("records") == [{"name": "a", "n": 2, "top": 2},
+                                         {"name": "b", "n": 1, "top": 3}]

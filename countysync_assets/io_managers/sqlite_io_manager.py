@@ -224,11 +224,20 @@ class SQLiteIOManager(FormatIOManager):
                 conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} "
                              f"{sqlite_type(frame[column], declared.get(column))}")
 
+    @staticmethod
+    def _aggregate_function(name: str) -> str:
+        if name.lower() not in {"count", "sum", "min", "max", "avg"}:
+            raise ValueError(f"Aggregate function {name!r} is not one of count, sum, min, max, "
+                             "avg.")
+        return name.lower()
+
     def load_input(self, context: InputContext) -> pd.DataFrame:
         """The current rows of the requested partitions (all rows if unpartitioned).
 
         An input with ``metadata={"columns": [...]}`` reads only those columns, as in
-        dagster-duckdb: a whole-county summary then costs three columns, not the table.
+        dagster-duckdb. One with ``metadata={"aggregate": {"by": column, "values": {name:
+        [function, column]}}}`` (functions count, sum, min, max, avg) is totalled by SQLite,
+        so a county-wide summary costs neither the table's rows nor their memory.
         """
         path, table = self.db_path(context), asset_name(context)
         if not path.is_file():
@@ -238,12 +247,20 @@ class SQLiteIOManager(FormatIOManager):
             )
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
         wanted = (context.definition_metadata or {}).get("columns")
+        aggregate = (context.definition_metadata or {}).get("aggregate")
         selected = ", ".join(quote(c) for c in wanted) if wanted else "*"
+        if aggregate:
+            selected = ", ".join([quote(aggregate["by"]), *(
+                f"{self._aggregate_function(function)}"
+                f"({'*' if column == '*' else quote(column)}) AS {quote(name)}"
+                for name, (function, column) in aggregate["values"].items())])
         query, params = f"SELECT {selected} FROM {quote(table)}", []
         if cursor and context.has_asset_partitions:
             window = context.asset_partitions_time_window
             query += f" WHERE {quote(cursor)} >= ? AND {quote(cursor)} < ?"
             params = [window.start.strftime(ISO_FORMAT), window.end.strftime(ISO_FORMAT)]
+        if aggregate:
+            query += f" GROUP BY {quote(aggregate['by'])}"
         with closing(sqlite3.connect(path)) as conn:
             # in chunks: the DBAPI's row tuples for a whole county cost more than the frame
             chunks = list(pd.read_sql_query(query, conn, params=params, chunksize=100_000))

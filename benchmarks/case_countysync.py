@@ -6,6 +6,7 @@ from dagster import DagsterInstance, materialize
 
 from countysync_assets.definitions import all_assets
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
+from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
 
@@ -18,7 +19,6 @@ def run(step: str, workdir: Path, source_url: str, partitions: str) -> None:
         instance=DagsterInstance.get(),
         resources={"source": MasterParcelsSource(url=source_url),
                    "io_manager": ExportIOManager(export_dir=str(workdir / "exports"))},
-        tags={"dagster/asset_partition_range_start": first,
-              "dagster/asset_partition_range_end": last},
+        tags=range_tags(first, last),
     )
     assert result.success, f"countysync {step} failed"

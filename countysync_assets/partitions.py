@@ -51,6 +51,12 @@ def build_partitions_def(
     )
 
 
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Run tags that make one run cover partitions first..last (a single-run backfill)."""
+    return {"dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last}
+
+
 def partition_keys_for(
     partitions_def: TimeWindowPartitionsDefinition, keys: list[str], timestamps: pd.Series
 ) -> pd.Series:

@@ -21,6 +21,7 @@ from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import create_demo_source, parcels_table
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
+from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
@@ -78,12 +79,6 @@ def pg_database_url(postgres_admin_url):
 def instance():
     with instance_for_test() as dagster_instance:
         yield dagster_instance
-
-
-def range_tags(first: str, last: str) -> dict[str, str]:
-    """Run tags that make one run cover a partition range (a single-run backfill)."""
-    return {"dagster/asset_partition_range_start": first,
-            "dagster/asset_partition_range_end": last}
 
 
 def materialize_range(source: MasterParcelsSource, export_dir, instance: DagsterInstance,

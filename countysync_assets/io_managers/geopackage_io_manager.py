@@ -30,6 +30,7 @@ from countysync_assets.io_managers.format_io_manager import (
 )
 from countysync_assets.io_managers.publishing import (
     StagedWrite,
+    abandon,
     asset_name,
     export_path,
     staged_transaction,
@@ -149,9 +150,7 @@ class GeoPackageIOManager(FormatIOManager):
                 (layer, layer, written),
             )
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
+            abandon(conn)
             raise
 
         staged = staged_transaction(f"{path.name}:{layer}", conn)
@@ -182,9 +181,7 @@ class GeoPackageIOManager(FormatIOManager):
                 f"{GPKG_TIME.format('updated_at')} <= {GPKG_TIME.format('?')}",
                 to_rows(tombstones[["id", "deleted_at"]])).rowcount
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
+            abandon(conn)
             raise
         staged = staged_transaction(f"{path.name}:{layer} deletes", conn)
         staged.metadata = {"deleted_from_gpkg": max(deleted, 0)}

@@ -117,14 +117,16 @@ def staged_transaction(description: str, conn: sqlite3.Connection) -> StagedWrit
         finally:
             conn.close()
 
-    def rollback() -> None:
-        try:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-        finally:
-            conn.close()
+    return StagedWrite(description, [commit], [lambda: abandon(conn)])
 
-    return StagedWrite(description, [commit], [rollback])
+
+def abandon(conn: sqlite3.Connection) -> None:
+    """Roll back whatever the connection has begun, and close it (a failed stage)."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
 
 
 def open_sqlite(path: Path) -> sqlite3.Connection:

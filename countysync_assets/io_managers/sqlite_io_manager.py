@@ -23,6 +23,7 @@ from countysync_assets.io_managers.format_io_manager import (
 from countysync_assets.io_managers.publishing import (
     ISO_FORMAT,
     StagedWrite,
+    abandon,
     asset_name,
     export_path,
     open_sqlite,
@@ -133,8 +134,7 @@ class SQLiteIOManager(FormatIOManager):
             keys_written = context.asset_partition_keys if context.has_asset_partitions else []
             self._log_sync(conn, context.run_id, table, keys_written, counts)
         except BaseException:
-            conn.rollback()
-            conn.close()
+            abandon(conn)
             raise
         staged = staged_transaction(f"{path.name}:{table}", conn)
         staged.metadata = {
@@ -197,8 +197,7 @@ class SQLiteIOManager(FormatIOManager):
                 "rows_in": len(tombstones), "deleted": deleted,
                 "seconds": round(time.monotonic() - started, 3)})
         except BaseException:
-            conn.rollback()
-            conn.close()
+            abandon(conn)
             raise
         staged = staged_transaction(f"{path.name}:{asset} deletes", conn)
         staged.metadata = {f"deleted_from_{asset}": deleted}

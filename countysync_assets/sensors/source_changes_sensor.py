@@ -28,7 +28,7 @@ from dagster import (
 from dagster._core.storage.tags import RUN_KEY_TAG
 
 from countysync_assets.jobs import sync_job
-from countysync_assets.partitions import PARTITIONS, partition_keys_for
+from countysync_assets.partitions import PARTITIONS, partition_keys_for, range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.sync_cursor import PendingRun, SyncCursor
 
@@ -40,13 +40,8 @@ UNLAUNCHED_AFTER_SECONDS = 600  # a request with no run after this long is reque
 FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def range_tags(first: str, last: str) -> dict[str, str]:
-    """Tags that make one run cover partitions first..last (a single-run backfill)."""
-    return {"dagster/asset_partition_range_start": first,
-            "dagster/asset_partition_range_end": last}
-
-
 def key_of(moment: datetime) -> str:
+    """The partition key of a UTC moment."""
     return PARTITIONS.get_partition_key_for_timestamp(moment.timestamp())
 
 

@@ -9,25 +9,37 @@ for fixed-time syncs without the sensor.
 cannot see deletes, so without it a retired parcel would stay in the GIS outputs.
 """
 
+from datetime import timedelta
+
 from dagster import (
     DailyPartitionsDefinition,
     DefaultScheduleStatus,
+    RunRequest,
     ScheduleDefinition,
-    build_schedule_from_partitioned_job,
+    ScheduleEvaluationContext,
+    schedule,
 )
 
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import PARTITIONS
 
-nightly_sync_schedule = build_schedule_from_partitioned_job(
-    sync_job,
+DAILY = isinstance(PARTITIONS, DailyPartitionsDefinition)
+
+
+@schedule(
     name="nightly_sync_schedule",
-    minute_of_hour=15,
-    # daily partitions: 00:15 UTC; hourly partitions: a quarter past every hour
-    hour_of_day=0 if isinstance(PARTITIONS, DailyPartitionsDefinition) else None,
+    job=sync_job,
+    cron_schedule="15 0 * * *" if DAILY else "15 * * * *",
+    execution_timezone="UTC",
     default_status=DefaultScheduleStatus.STOPPED,
-    description="Sync the window that just closed, at 00:15 UTC (hourly: at :15).",
+    description="Sync the window that just closed, at 00:15 UTC (hourly partitions: at :15).",
 )
+def nightly_sync_schedule(context: ScheduleEvaluationContext) -> RunRequest:
+    # a quarter past the hour, the window that ended 15 minutes ago (not the one just opened)
+    closed = context.scheduled_execution_time - timedelta(minutes=30)
+    key = PARTITIONS.get_partition_key_for_timestamp(closed.timestamp())
+    return RunRequest(run_key=f"scheduled:{key}", partition_key=key)
+
 
 nightly_delete_check = ScheduleDefinition(
     name="nightly_delete_check",

@@ -1,6 +1,7 @@
 """The Dagster UI, for real: ``dagster dev`` on workspace.yaml with a persistent DAGSTER_HOME,
 driven through the GraphQL API the UI itself uses. A sync started there must just work."""
 
+import json
 import os
 import signal
 import socket
@@ -29,9 +30,45 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class DagsterDev:
+    """``dagster dev`` (webserver + daemon) in its own process group, restartable."""
+
+    def __init__(self, home: Path, env: dict):
+        self.home, self.env, self.process, self.log = home, env, None, None
+        self.url = ""
+
+    def start(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/graphql"
+        self.log = open(self.home / "dagster_dev.log", "a")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml",
+             "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if graphql(self.url, "{ assetNodes { id } }")["assetNodes"]:
+                    return
+            except (requests.ConnectionError, AssertionError, KeyError):
+                pass
+            assert self.process.poll() is None, (self.home / "dagster_dev.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "dagster dev did not come up in 3 minutes"
+            time.sleep(1)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
-    """A running ``dagster dev`` (webserver + daemon) on a demo source; yields (graphql, env)."""
+    """A running ``dagster dev`` on a demo source with a persistent DAGSTER_HOME."""
     home = tmp_path_factory.mktemp("dagster_dev")
     source = home / "demo.sqlite"
     create_demo_source(f"sqlite:///{source}", rows=600, seed=5, as_of=AS_OF, days=4)
@@ -39,32 +76,12 @@ def dagster_dev(tmp_path_factory):
     env.update(DAGSTER_HOME=str(home / "home"), COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
                COUNTYSYNC_EXPORT_DIR=str(home / "exports"), COUNTYSYNC_SOURCE_PASSWORD=SECRET)
     (home / "home").mkdir()
-    port = free_port()
-    log = open(home / "dagster_dev.log", "w")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/graphql"
+    server = DagsterDev(home, env)
+    server.start()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if graphql(url, "{ assetNodes { id } }")["assetNodes"]:
-                    break
-            except (requests.ConnectionError, AssertionError, KeyError):
-                pass
-            assert process.poll() is None, (home / "dagster_dev.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "dagster dev did not come up in 3 minutes"
-            time.sleep(1)
-        yield url, home
+        yield server
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        server.stop()
 
 
 def graphql(url: str, query: str, **variables) -> dict:
@@ -76,7 +93,7 @@ def graphql(url: str, query: str, **variables) -> dict:
 
 
 def test_ui_lists_every_asset_with_its_partitions(dagster_dev):
-    url, _ = dagster_dev
+    url = dagster_dev.url
     nodes = graphql(url, """{ assetNodes { assetKey { path } isPartitioned description
                               groupName } }""")["assetNodes"]
     by_key = {n["assetKey"]["path"][-1]: n for n in nodes}
@@ -86,7 +103,7 @@ def test_ui_lists_every_asset_with_its_partitions(dagster_dev):
 
 
 def test_ui_shows_the_password_setting_by_name_only(dagster_dev):
-    url, _ = dagster_dev
+    url = dagster_dev.url
     details = graphql(url, """query($selector: ResourceSelector!) {
         topLevelResourceDetailsOrError(resourceSelector: $selector) {
           ... on ResourceDetails { configuredValues { key value type } } } }""",
@@ -123,7 +140,7 @@ def backfill_and_wait(url: str, keys: list[str], home: Path) -> None:
 
 def test_backfill_launched_like_the_ui_syncs_every_output_and_a_rerun_changes_nothing(
         dagster_dev):
-    url, home = dagster_dev
+    url, home = dagster_dev.url, dagster_dev.home
     keys = partition_keys(FIRST_KEY, LAST_KEY)
     backfill_and_wait(url, keys, home)
     runs = graphql(url, "{ runsOrError { ... on Runs { results { status } } } }")
@@ -137,7 +154,7 @@ def test_backfill_launched_like_the_ui_syncs_every_output_and_a_rerun_changes_no
 
 
 def test_change_sensor_runs_by_default_and_ticks(dagster_dev):
-    url, _ = dagster_dev
+    url = dagster_dev.url
     query = """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
         ... on Sensor { sensorState { status ticks(limit: 5) { status } } } } }"""
     selector = {"repositoryName": "__repository__", "repositoryLocationName": "countysync",
@@ -152,3 +169,37 @@ def test_change_sensor_runs_by_default_and_ticks(dagster_dev):
         assert "FAILURE" not in ticks, state
         assert time.monotonic() < deadline, "the sensor did not tick in 3 minutes"
         time.sleep(3)
+
+
+SENSOR = {"repositoryName": "__repository__", "repositoryLocationName": "countysync",
+          "sensorName": "source_changes_sensor"}
+
+
+def sensor_cursor(url: str) -> str | None:
+    state = graphql(url, """query($selector: SensorSelector!) {
+        sensorOrError(sensorSelector: $selector) { ... on Sensor { sensorState {
+          typeSpecificData { ... on SensorData { lastCursor } } } } } }""", selector=SENSOR)
+    return state["sensorOrError"]["sensorState"]["typeSpecificData"]["lastCursor"]
+
+
+def test_sensor_cursor_survives_a_restart_and_a_reset_resyncs(dagster_dev):
+    deadline = time.monotonic() + 180
+    while not sensor_cursor(dagster_dev.url):
+        assert time.monotonic() < deadline, "the sensor stored no cursor in 3 minutes"
+        time.sleep(3)
+    before = sensor_cursor(dagster_dev.url)
+    assert json.loads(before)["watermark"].startswith("2026-05-31")
+    dagster_dev.stop()
+    dagster_dev.start()
+    assert sensor_cursor(dagster_dev.url) == before  # kept in the persistent DAGSTER_HOME
+
+    graphql(dagster_dev.url, """mutation($selector: SensorSelector!) {
+        setSensorCursor(sensorSelector: $selector, cursor: null) { __typename } }""",
+            selector=SENSOR)  # what the UI's "Set cursor value" (emptied) does
+    assert sensor_cursor(dagster_dev.url) is None
+    deadline = time.monotonic() + 180
+    while not sensor_cursor(dagster_dev.url):  # the next tick syncs everything again
+        assert time.monotonic() < deadline, "the sensor did not tick after the reset"
+        time.sleep(3)
+    assert json.loads(sensor_cursor(dagster_dev.url))["watermark"] == json.loads(before)[
+        "watermark"]

@@ -1,4 +1,9 @@
-"""countysync's way: materialize the assets through Dagster on a real instance."""
+"""countysync's way, through Dagster on a real instance (the case's ``$DAGSTER_HOME``).
+
+full, incremental: the change sensor's tick and the runs it requests (the first tick asks for
+one run over every window that holds rows); incremental also runs the delete check, since
+the churn deletes parcels. backfill, backfill-rerun: one single-run backfill of the range.
+"""
 
 from pathlib import Path
 
@@ -8,17 +13,22 @@ from countysync_assets.definitions import all_assets
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+from countysync_assets.sensors.in_process import InProcessSync
 
 
 def run(step: str, workdir: Path, source_url: str, partitions: str) -> None:
-    """Materialize every asset for ``partitions`` (``first...last``) in one run, on the
-    instance in ``$DAGSTER_HOME`` (the case's own folder)."""
+    source = MasterParcelsSource(url=source_url)
+    exports, cursor_file = workdir / "exports", workdir / "sensor_cursor.json"
+    if step in ("full", "incremental"):
+        cursor = cursor_file.read_text() if step == "incremental" else None
+        sync = InProcessSync(source, exports, DagsterInstance.get(), cursor)
+        assert all(sync.run(sync.tick())), f"countysync {step} failed"
+        if step == "incremental":
+            assert sync.reconcile(), "countysync delete check failed"
+        cursor_file.write_text(sync.cursor)
+        return
     first, last = partitions.split("...")
-    result = materialize(
-        all_assets,
-        instance=DagsterInstance.get(),
-        resources={"source": MasterParcelsSource(url=source_url),
-                   "io_manager": ExportIOManager(export_dir=str(workdir / "exports"))},
-        tags=range_tags(first, last),
-    )
+    result = materialize(all_assets, instance=DagsterInstance.get(), tags=range_tags(first, last),
+                         resources={"source": source,
+                                    "io_manager": ExportIOManager(export_dir=str(exports))})
     assert result.success, f"countysync {step} failed"

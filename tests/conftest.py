@@ -7,23 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from dagster import (
-    DagsterInstance,
-    Definitions,
-    SensorResult,
-    build_sensor_context,
-    instance_for_test,
-    materialize,
-)
-from dagster._core.storage.tags import RUN_KEY_TAG
+from dagster import DagsterInstance, instance_for_test, materialize
 
 from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import create_demo_source, parcels_table
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
-from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
-from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
+from countysync_assets.sensors.in_process import InProcessSync
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 DAYS = 4  # demo rows fall in the four daily partitions 2026-05-28 .. 2026-05-31
@@ -114,39 +105,6 @@ def execute(url: str, statement: str, **params) -> None:
 
 
 @pytest.fixture
-def syncing(demo_url, tmp_path, instance) -> "SensorHarness":
+def syncing(demo_url, tmp_path, instance) -> InProcessSync:
     """The change sensor over the demo source, an export folder and a real instance."""
-    return SensorHarness(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
-
-
-class SensorHarness:
-    """The change sensor and its runs, as the daemon would evaluate and launch them."""
-
-    def __init__(self, source: MasterParcelsSource, exports, instance: DagsterInstance):
-        self.source, self.instance, self.cursor = source, instance, None
-        self.defs = Definitions(
-            assets=all_assets, jobs=[sync_job, reconcile_deletes_job],
-            sensors=[source_changes_sensor],
-            resources={"source": source,
-                       "io_manager": ExportIOManager(export_dir=str(exports))})
-
-    def tick(self) -> SensorResult:
-        context = build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                       resources={"source": self.source},
-                                       definitions=self.defs)
-        result = source_changes_sensor(context)
-        self.cursor = result.cursor
-        return result
-
-    def run(self, result: SensorResult, raise_on_error: bool = True) -> list[bool]:
-        """Execute each requested run (with its run key, as the daemon tags it)."""
-        job = self.defs.resolve_job_def("sync_parcels")
-        return [job.execute_in_process(
-            instance=self.instance, partition_key=request.partition_key,
-            tags={**request.tags, RUN_KEY_TAG: request.run_key},
-            raise_on_error=raise_on_error).success for request in result.run_requests]
-
-    def reconcile(self) -> bool:
-        """The nightly delete check."""
-        return self.defs.resolve_job_def("reconcile_deletes").execute_in_process(
-            instance=self.instance).success
+    return InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)

@@ -3,13 +3,14 @@ after the first page. The run fails cleanly, nothing is published, and the chang
 next tick requests the window again until the outputs equal the source."""
 
 import sqlalchemy as sa
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, SensorHarness
+from conftest import AS_OF, FIRST_KEY, LAST_KEY
 from dagster import DagsterEventType
 from output_checks import assert_outputs_match_source, partition_keys
 
 from countysync_assets.demo_source import create_demo_source
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors import source_changes_sensor as sensor_module
+from countysync_assets.sensors.in_process import InProcessSync
 
 OUTAGES = {"left": 1}  # how many extracts still lose their connection
 
@@ -37,7 +38,7 @@ def test_connection_killed_mid_extract_fails_cleanly_and_is_caught_up(
     monkeypatch.setattr(sensor_module, "INTERVAL_SECONDS", 0)  # retry without backoff wait
     create_demo_source(pg_database_url, rows=1_200, seed=8, as_of=AS_OF, days=4)
     exports = tmp_path / "exports"
-    harness = SensorHarness(KilledMidExtract(url=pg_database_url, batch_size=100), exports,
+    harness = InProcessSync(KilledMidExtract(url=pg_database_url, batch_size=100), exports,
                             instance)
     OUTAGES["left"] = 1
     first = harness.tick()

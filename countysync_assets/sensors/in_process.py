@@ -1,0 +1,57 @@
+"""The change sensor and the runs it requests, evaluated in this process as the daemon would:
+for tests, the benchmark, and scripts that sync without a running daemon."""
+
+from pathlib import Path
+
+from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
+from dagster._core.storage.tags import RUN_KEY_TAG
+
+from countysync_assets.assets import (
+    deleted_parcels,
+    master_parcels,
+    parcel_geometry,
+    stats,
+    use_code_summary,
+    working,
+)
+from countysync_assets.io_managers.export_io_manager import ExportIOManager
+from countysync_assets.jobs import reconcile_deletes_job, sync_job
+from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
+
+ASSETS = [master_parcels, working, stats, parcel_geometry, use_code_summary, deleted_parcels]
+
+
+class InProcessSync:
+    """One source, one export folder, one Dagster instance; the cursor kept in ``cursor``."""
+
+    def __init__(self, source: MasterParcelsSource, exports: Path, instance: DagsterInstance,
+                 cursor: str | None = None):
+        self.source, self.instance, self.cursor = source, instance, cursor
+        self.defs = Definitions(
+            assets=ASSETS, jobs=[sync_job, reconcile_deletes_job],
+            sensors=[source_changes_sensor],
+            resources={"source": source,
+                       "io_manager": ExportIOManager(export_dir=str(exports))})
+
+    def tick(self) -> SensorResult:
+        """One evaluation of the change sensor; its cursor is kept for the next."""
+        context = build_sensor_context(instance=self.instance, cursor=self.cursor,
+                                       resources={"source": self.source},
+                                       definitions=self.defs)
+        result = source_changes_sensor(context)
+        self.cursor = result.cursor
+        return result
+
+    def run(self, result: SensorResult, raise_on_error: bool = True) -> list[bool]:
+        """Execute each requested run (with its run key, as the daemon tags it)."""
+        job = self.defs.resolve_job_def("sync_parcels")
+        return [job.execute_in_process(
+            instance=self.instance, partition_key=request.partition_key,
+            tags={**request.tags, RUN_KEY_TAG: request.run_key},
+            raise_on_error=raise_on_error).success for request in result.run_requests]
+
+    def reconcile(self) -> bool:
+        """The nightly delete check."""
+        return self.defs.resolve_job_def("reconcile_deletes").execute_in_process(
+            instance=self.instance).success

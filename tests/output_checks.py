@@ -33,10 +33,11 @@ def source_rows(url: str) -> pd.DataFrame:
     return frame.sort_values("id", ignore_index=True)
 
 
-def sqlite_table(path: Path, table: str) -> pd.DataFrame:
+def sqlite_table(path: Path, table: str, order_by: str = "id") -> pd.DataFrame:
+    """A table of an output database, after SQLite's own integrity check."""
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY id', conn)
+        return pd.read_sql_query(f'SELECT * FROM "{table}" ORDER BY "{order_by}"', conn)
 
 
 def assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame, columns: list[str]) -> None:
@@ -62,7 +63,7 @@ def assert_outputs_match_source(url: str, export_dir: Path, keys: list[str],
     assert_same_rows(sqlite_table(export_dir / "working_db.sqlite", "working"), source, WORKING)
     assert_same_rows(sqlite_table(export_dir / "stats_db.sqlite", "stats"), source, STATS)
 
-    summary = sqlite_table_unordered(export_dir / "stats_db.sqlite", "use_code_summary")
+    summary = sqlite_table(export_dir / "stats_db.sqlite", "use_code_summary", "use_code")
     expected = source.groupby("use_code").agg(parcel_count=("id", "size"),
                                               total_assessed_value=("assessed_value", "sum"))
     assert summary.set_index("use_code")[["parcel_count", "total_assessed_value"]].sort_index() \
@@ -91,11 +92,6 @@ def assert_outputs_match_source(url: str, export_dir: Path, keys: list[str],
         stats_csv = pd.read_csv(export_dir / "stats" / f"{key}.csv", dtype={"use_code": str})
         assert_same_rows(stats_csv, window, STATS)
         assert_geojson_matches(export_dir / "parcel_geometry" / f"{key}.geojson", window)
-
-
-def sqlite_table_unordered(path: Path, table: str) -> pd.DataFrame:
-    with closing(sqlite3.connect(path)) as conn:
-        return pd.read_sql_query(f'SELECT * FROM "{table}"', conn)
 
 
 def assert_geojson_matches(path: Path, window: pd.DataFrame) -> None:

@@ -6,20 +6,11 @@ from pathlib import Path
 from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
 from dagster._core.storage.tags import RUN_KEY_TAG
 
-from countysync_assets.assets import (
-    deleted_parcels,
-    master_parcels,
-    parcel_geometry,
-    stats,
-    use_code_summary,
-    working,
-)
+from countysync_assets.definitions import all_assets
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
-
-ASSETS = [master_parcels, working, stats, parcel_geometry, use_code_summary, deleted_parcels]
 
 
 class InProcessSync:
@@ -29,7 +20,7 @@ class InProcessSync:
                  cursor: str | None = None):
         self.source, self.instance, self.cursor = source, instance, cursor
         self.defs = Definitions(
-            assets=ASSETS, jobs=[sync_job, reconcile_deletes_job],
+            assets=all_assets, jobs=[sync_job, reconcile_deletes_job],
             sensors=[source_changes_sensor],
             resources={"source": source,
                        "io_manager": ExportIOManager(export_dir=str(exports))})

@@ -2,7 +2,9 @@
 
 For each source size: a demo source, then for each tool (countysync, the seeds' pandas path,
 dlt) and step (full, incremental after 1% churn, backfill of 30 daily partitions and its
-rerun) the median wall time of ``--repeat`` runs, rows/s and peak RSS, each run in its own
+rerun; for countysync also the delete check that removes the churn's deletes, which the
+peers' incremental steps do not: dlt's merge keeps deleted rows, the seeds replace whole
+tables) the median wall time of ``--repeat`` runs, rows/s and peak RSS, each run in its own
 process. Prints a table and writes ``benchmarks/results/<timestamp>-<rows>.json`` and
 ``latest-<rows>.json`` (``latest.json``: the largest size of the newest run).
 """
@@ -27,7 +29,10 @@ from countysync_assets.demo_source import churn, create_demo_source
 from countysync_assets.partitions import PARTITIONS
 
 TOOLS = ("countysync", "seeds-pandas", "dlt")
-STEPS = ("full", "incremental", "backfill", "backfill-rerun")
+STEPS = ("full", "incremental", "delete-check", "backfill", "backfill-rerun")
+TOOL_STEPS = {"countysync": STEPS,
+              "seeds-pandas": ("full", "incremental", "backfill", "backfill-rerun"),
+              "dlt": ("full", "incremental", "backfill", "backfill-rerun")}
 OUTPUTS = {
     "countysync": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
                    "geojson", "use_code_summary"],
@@ -115,39 +120,36 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
     keys = PARTITIONS.get_partition_keys()
     last = keys.index(full_range[1])
     backfill = (keys[max(0, last - 29)], keys[last])
-    plan = {
-        "full": (url, "...".join(full_range), rows),
+    plan = {  # step: (source, partitions, rows it moves, workdir of a repeat)
+        "full": (url, "...".join(full_range), rows, "full"),
         "incremental": (churned_url, "...".join(touched),
-                        changes["updated"] + changes["inserted"]),
-        "backfill": (url, "...".join(backfill), rows_between(url, *backfill)),
+                        changes["updated"] + changes["inserted"], "incremental"),
+        # every key on both sides is compared: the rows it reads are the whole table
+        "delete-check": (churned_url, "...".join(touched), rows + changes["inserted"],
+                         "incremental"),
+        "backfill": (url, "...".join(backfill), rows_between(url, *backfill), "backfill"),
     }
     plan["backfill-rerun"] = plan["backfill"]
     cases = []
     for tool in tools:
-        walls: dict[str, list[float]] = {step: [] for step in STEPS}
-        rss: dict[str, list[float]] = {step: [] for step in STEPS}
+        steps = TOOL_STEPS[tool]
+        walls: dict[str, list[float]] = {step: [] for step in steps}
+        rss: dict[str, list[float]] = {step: [] for step in steps}
         for attempt in range(repeat):
-            synced = root / tool / f"full-{attempt}"
-            shutil.rmtree(synced, ignore_errors=True)
-            for step, workdir in (("full", synced), ("incremental", synced.with_name(
-                    f"incremental-{attempt}")), ("backfill", synced.with_name(
-                    f"backfill-{attempt}"))):
-                if step == "incremental":
+            for step in steps:
+                source, partitions, _, kind = plan[step]
+                workdir = root / tool / f"{kind}-{attempt}"
+                if step in ("full", "backfill"):
                     shutil.rmtree(workdir, ignore_errors=True)
-                    shutil.copytree(synced, workdir)
-                source, partitions, _ = plan[step]
+                if step == "incremental":  # from a copy of the fully synced state
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    shutil.copytree(root / tool / f"full-{attempt}", workdir)
                 wall, peak = measure(tool, step, workdir, source, partitions)
                 walls[step].append(wall)
                 rss[step].append(peak)
                 print(f"  {rows:>9} {tool:<13} {step:<15} run {attempt + 1}: {wall:8.2f} s "
                       f"{peak:8.0f} MB", flush=True)
-            wall, peak = measure(tool, "backfill-rerun", synced.with_name(f"backfill-{attempt}"),
-                                 *plan["backfill-rerun"][:2])
-            walls["backfill-rerun"].append(wall)
-            rss["backfill-rerun"].append(peak)
-            print(f"  {rows:>9} {tool:<13} backfill-rerun  run {attempt + 1}: {wall:8.2f} s "
-                  f"{peak:8.0f} MB", flush=True)
-        for step in STEPS:
+        for step in steps:
             median = statistics.median(walls[step])
             cases.append({"tool": tool, "step": step, "outputs": OUTPUTS[tool],
                           "runs": len(walls[step]), "wall_s_median": round(median, 3),

@@ -1,8 +1,9 @@
 """countysync's way, through Dagster on a real instance (the case's ``$DAGSTER_HOME``).
 
 full, incremental: the change sensor's tick and the runs it requests (the first tick asks for
-one run over every window that holds rows); incremental also runs the delete check, since
-the churn deletes parcels. backfill, backfill-rerun: one single-run backfill of the range.
+one run over every window that holds rows). delete-check: the nightly job that removes the
+parcels the churn deleted (a cursor never sees a delete). backfill, backfill-rerun: one
+single-run backfill of the range.
 """
 
 from pathlib import Path
@@ -19,12 +20,13 @@ from countysync_assets.sensors.in_process import InProcessSync
 def run(step: str, workdir: Path, source_url: str, partitions: str) -> None:
     source = MasterParcelsSource(url=source_url)
     exports, cursor_file = workdir / "exports", workdir / "sensor_cursor.json"
-    if step in ("full", "incremental"):
-        cursor = cursor_file.read_text() if step == "incremental" else None
+    if step in ("full", "incremental", "delete-check"):
+        cursor = cursor_file.read_text() if step != "full" else None
         sync = InProcessSync(source, exports, DagsterInstance.get(), cursor)
-        assert all(sync.run(sync.tick())), f"countysync {step} failed"
-        if step == "incremental":
+        if step == "delete-check":
             assert sync.reconcile(), "countysync delete check failed"
+            return
+        assert all(sync.run(sync.tick())), f"countysync {step} failed"
         cursor_file.write_text(sync.cursor)
         return
     first, last = partitions.split("...")

@@ -9,6 +9,7 @@ from contextlib import closing
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
@@ -65,9 +66,13 @@ def assert_outputs_match_source(url: str, export_dir: Path, keys: list[str],
 
     summary = sqlite_table(export_dir / "stats_db.sqlite", "use_code_summary", "use_code")
     expected = source.groupby("use_code").agg(parcel_count=("id", "size"),
-                                              total_assessed_value=("assessed_value", "sum"))
-    assert summary.set_index("use_code")[["parcel_count", "total_assessed_value"]].sort_index() \
-        .equals(expected.sort_index())
+                                              total_assessed_value=("assessed_value", "sum"),
+                                              total_acres=("acres", "sum"))
+    summary = summary.set_index("use_code").sort_index()
+    expected = expected.sort_index()
+    assert summary[["parcel_count", "total_assessed_value"]].equals(
+        expected[["parcel_count", "total_assessed_value"]])
+    assert np.allclose(summary["total_acres"], expected["total_acres"].round(4), atol=1e-4)
 
     layer = pyogrio.read_dataframe(export_dir / "geo_db.gpkg", layer="parcels")
     assert layer.crs.to_epsg() == 2286

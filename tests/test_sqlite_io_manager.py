@@ -125,7 +125,58 @@ def test_input_metadata_aggregate_is_totalled_by_sqlite(manager):
         asset_key="things", asset_partitions_def=context.asset_partitions_def,
         asset_partition_key_range=context.asset_partition_key_range,
         upstream_output=context.upstream_output, definition_metadata={"aggregate": {
-            "by": "name", "values": {"n": ["count", "*"], "top": ["max", "id"]}}})
+            "by": "name", "values": {"n": ["count", "*"], "ids": ["sum", "id"]}}})
     loaded = manager.load_input(totals).sort_values("name")
-    assert loaded.to_dict("records") == [{"name": "a", "n": 2, "top": 2},
-                                         {"name": "b", "n": 1, "top": 3}]
+    assert loaded.to_dict("records") == [{"name": "a", "n": 2, "ids": 3},
+                                         {"name": "b", "n": 1, "ids": 3}]
+
+
+BY_NAME = {"by": "name", "values": {"n": ["count", "*"], "ids": ["sum", "id"],
+                                    "named": ["count", "name"]}}
+
+
+def county_totals(manager: SQLiteIOManager, aggregate: dict = BY_NAME) -> list[dict]:
+    """The whole-table totals an unpartitioned asset (like use_code_summary) is given."""
+    context = build_input_context(asset_key="things", upstream_output=output_context(),
+                                  definition_metadata={"aggregate": aggregate})
+    return manager.load_input(context).sort_values("name").to_dict("records")
+
+
+def group_by(manager: SQLiteIOManager) -> list[dict]:
+    with closing(sqlite3.connect(manager.db_path(output_context()))) as conn:
+        return pd.read_sql_query(
+            "SELECT name, count(*) AS n, sum(id) AS ids, count(name) AS named FROM things "
+            "GROUP BY name ORDER BY name", conn).to_dict("records")
+
+
+def test_running_totals_follow_inserts_updates_and_deletes(manager):
+    manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00"),
+                                                    (2, "a", "2026-05-28 02:00"),
+                                                    (3, "b", "2026-05-28 03:00")]))
+    assert county_totals(manager) == group_by(manager)  # built from the table, once
+    # 2 moves from a to c, 3 is rewritten in place, 4 is new; then group b loses its only row
+    manager.handle_output(output_context(first="2026-05-29"), things(
+        [(2, "c", "2026-05-29 01:00"), (3, "b", "2026-05-29 02:00"), (4, "a", "2026-05-29 03:00")]))
+    manager.handle_output(output_context(first="2026-05-29"),  # an older version: ignored
+                          things([(4, "z", "2026-05-28 23:00")]))
+    tombstones = things([(3, "b", "2026-05-29 02:00")]).assign(
+        deleted_at=pd.Timestamp("2026-05-30", tz="UTC").as_unit("us"))
+    manager.stage_delete("things", output_context().definition_metadata, tombstones,
+                         "run").commit()
+    assert county_totals(manager) == group_by(manager) == [
+        {"name": "a", "n": 2, "ids": 5, "named": 2}, {"name": "c", "n": 1, "ids": 2, "named": 1}]
+
+
+def test_running_totals_are_rebuilt_when_the_requested_totals_change(manager):
+    manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00"),
+                                                    (2, "b", "2026-05-28 02:00")]))
+    assert county_totals(manager, {"by": "name", "values": {"n": ["count", "*"]}}) == [
+        {"name": "a", "n": 1}, {"name": "b", "n": 1}]
+    manager.handle_output(output_context(), things([(3, "a", "2026-05-28 03:00")]))
+    assert county_totals(manager) == group_by(manager)
+
+
+def test_aggregate_that_cannot_be_kept_running_is_refused(manager):
+    manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00")]))
+    with pytest.raises(ValueError, match="uses 'max'; the functions are count, sum"):
+        county_totals(manager, {"by": "name", "values": {"top": ["max", "id"]}})

@@ -67,8 +67,9 @@ def deleted_parcels(context: AssetExecutionContext, source: MasterParcelsSource,
                     master_parcels: pd.DataFrame) -> Output[pd.DataFrame]:
     # The synced ids were read (as the input) before the source is scanned, so a parcel
     # synced in between is never mistaken for a deleted one.
-    kept = np.unique(np.concatenate([np.asarray(batch) for batch in source.iter_keys()]
-                                    or [np.array([], dtype=master_parcels["id"].dtype)]))
+    # isin hashes the kept ids itself; they need no sorting or de-duplication first
+    kept = np.concatenate([np.asarray(batch) for batch in source.iter_keys()]
+                          or [np.array([], dtype=master_parcels["id"].dtype)])
     gone = master_parcels[~master_parcels["id"].isin(kept)]
     tombstones = gone.assign(deleted_at=pd.Timestamp(datetime.now(UTC)).as_unit("us"))
     context.log.info(f"{len(tombstones)} of {len(master_parcels)} synced parcels are no longer "

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import ConfigurableIOManager, InputContext, OutputContext, TimeWindow
 from pydantic import Field
 
 from countysync_assets.io_managers.publishing import (
@@ -29,6 +29,20 @@ SQLITE_DB = "countysync/sqlite_db"  # database file name; default "<asset>.sqlit
 GPKG_LAYER = "countysync/gpkg_layer"  # GeoPackage layer name; default the asset name
 DELETES_FROM = "countysync/deletes_from"  # tombstone assets: the assets their ids leave
 FORMATS = "countysync/formats"  # the asset's default formats, e.g. ["sqlite", "csv"]
+
+
+def input_window(context: InputContext) -> TimeWindow | None:
+    """The cursor window of the upstream partitions an input asks for, or None when it asks
+    for the whole table: an unpartitioned asset (a county-wide summary, the delete check)
+    depends on every partition, and rows outside the partitions' range count for it too."""
+    cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
+    if not (cursor and context.has_asset_partitions):
+        return None
+    partitions_def, requested = context.asset_partitions_def, context.asset_partition_key_range
+    if (requested.start, requested.end) == (partitions_def.get_first_partition_key(),
+                                            partitions_def.get_last_partition_key()):
+        return None
+    return context.asset_partitions_time_window
 
 
 class FormatIOManager(ConfigurableIOManager):

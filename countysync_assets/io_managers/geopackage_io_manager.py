@@ -27,16 +27,18 @@ from countysync_assets.io_managers.format_io_manager import (
     GPKG_LAYER,
     KEY_COLUMNS,
     FormatIOManager,
+    input_window,
 )
 from countysync_assets.io_managers.publishing import (
     StagedWrite,
     abandon,
     asset_name,
     export_path,
+    quote,
     staged_transaction,
     temp_sibling,
 )
-from countysync_assets.io_managers.sqlite_io_manager import quote, to_rows, upsert_clause
+from countysync_assets.io_managers.sqlite_io_manager import to_rows, upsert_clause
 
 GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
 # GDAL stores GeoPackage datetimes with milliseconds and drops ".000": normalize to compare.
@@ -107,7 +109,7 @@ class GeoPackageIOManager(FormatIOManager):
         return StagedWrite(
             f"{path.name}:{layer}", [lambda: os.replace(temp, path)],
             [lambda: temp.unlink(missing_ok=True)],
-            {"gpkg_rows_inserted": rows, "gpkg_rows_updated": 0, "gpkg_layer_rows": rows},
+            {"gpkg_rows_inserted": rows, "gpkg_rows_updated": 0},
         )
 
     @staticmethod
@@ -131,13 +133,16 @@ class GeoPackageIOManager(FormatIOManager):
                 conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
                              f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
             names = ", ".join(quote(c) for c in columns)
-            before = conn.execute(f"SELECT count(*) FROM main.{quote(layer)}").fetchone()[0]
+            # counted by key lookups: the cost follows the rows synced, not the layer's size
+            stored = conn.execute(
+                f"SELECT count(*) FROM staged.{quote(layer)} JOIN main.{quote(layer)} "
+                f"USING ({', '.join(quote(k) for k in keys)})").fetchone()[0] if keys else 0
+            incoming = conn.execute(f"SELECT count(*) FROM staged.{quote(layer)}").fetchone()[0]
             written = conn.execute(
                 f"INSERT INTO main.{quote(layer)} ({names}) "
                 f"SELECT {names} FROM staged.{quote(layer)} WHERE true "
                 f"{upsert_clause(layer, columns, keys, cursor, GPKG_TIME)}"
             ).rowcount
-            after = conn.execute(f"SELECT count(*) FROM main.{quote(layer)}").fetchone()[0]
             conn.execute(
                 "UPDATE main.gpkg_contents SET "
                 "min_x = min(ifnull(gpkg_contents.min_x, s.min_x), s.min_x), "
@@ -156,10 +161,9 @@ class GeoPackageIOManager(FormatIOManager):
         staged = staged_transaction(f"{path.name}:{layer}", conn)
         for steps in (staged.commit_steps, staged.rollback_steps):
             steps.append(lambda: temp.unlink(missing_ok=True))
-        inserted = after - before
+        inserted = incoming - stored
         staged.metadata = {"gpkg_rows_inserted": inserted,
-                           "gpkg_rows_updated": max(written, 0) - inserted,
-                           "gpkg_layer_rows": after}
+                           "gpkg_rows_updated": max(written, 0) - inserted}
         return staged
 
     def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
@@ -191,9 +195,8 @@ class GeoPackageIOManager(FormatIOManager):
         """The current features of the requested partitions (all if unpartitioned)."""
         path, layer = self._target(context)
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
-        where = None
-        if cursor and context.has_asset_partitions:
-            window = context.asset_partitions_time_window
+        window, where = input_window(context), None
+        if window is not None:
             where = (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
                      f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
         return pyogrio.read_dataframe(path, layer=layer, where=where, use_arrow=True)

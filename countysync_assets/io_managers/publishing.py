@@ -129,6 +129,11 @@ def abandon(conn: sqlite3.Connection) -> None:
         conn.close()
 
 
+def quote(identifier: str) -> str:
+    """An SQLite identifier, quoted so any column name is safe."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def open_sqlite(path: Path) -> sqlite3.Connection:
     """A connection in WAL mode with explicit transactions (``BEGIN IMMEDIATE`` by caller)."""
     path.parent.mkdir(parents=True, exist_ok=True)

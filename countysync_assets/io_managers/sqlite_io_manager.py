@@ -8,6 +8,7 @@ writes nothing. Assets without key columns (summaries) are replaced whole, in on
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from countysync_assets.io_managers.format_io_manager import (
     KEY_COLUMNS,
     SQLITE_DB,
     FormatIOManager,
+    input_window,
 )
 from countysync_assets.io_managers.publishing import (
     ISO_FORMAT,
@@ -27,8 +29,14 @@ from countysync_assets.io_managers.publishing import (
     asset_name,
     export_path,
     open_sqlite,
+    quote,
     staged_transaction,
     timestamps_to_iso,
+)
+from countysync_assets.io_managers.running_totals import (
+    check_aggregate,
+    group_by_sql,
+    totals_table,
 )
 
 TIMESTAMP = "TIMESTAMP"  # declared type of datetime columns, read back as UTC datetimes
@@ -37,11 +45,6 @@ SYNC_LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS sync_log (
     logged_at TEXT NOT NULL, run_id TEXT, asset TEXT NOT NULL, partitions TEXT,
     rows_in INTEGER, inserted INTEGER, updated INTEGER, unchanged INTEGER, deleted INTEGER,
     watermark_before TEXT, watermark_after TEXT, seconds REAL)"""
-
-
-def quote(identifier: str) -> str:
-    """An SQLite identifier, quoted so any column name is safe."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 SCHEMA_TYPES = {"integer": "INTEGER", "float": "REAL", "string": "TEXT",
@@ -65,10 +68,16 @@ def sqlite_type(series: pd.Series, declared: str | None = None) -> str:
     return "TEXT"
 
 
-def to_rows(frame: pd.DataFrame) -> list[tuple]:
-    """Rows as plain Python values (ISO text for timestamps, None for missing)."""
-    plain = timestamps_to_iso(frame).astype(object)
-    return list(plain.where(plain.notna(), None).itertuples(index=False, name=None))
+ROWS_PER_CHUNK = 50_000
+
+
+def to_rows(frame: pd.DataFrame) -> Iterator[tuple]:
+    """Rows as plain Python values (ISO text for timestamps, None for missing), converted a
+    chunk at a time: ``executemany`` takes an iterator, so a county's worth of Python tuples
+    never exists at once."""
+    for start in range(0, len(frame), ROWS_PER_CHUNK):
+        plain = timestamps_to_iso(frame.iloc[start:start + ROWS_PER_CHUNK]).astype(object)
+        yield from plain.where(plain.notna(), None).itertuples(index=False, name=None)
 
 
 def upsert_clause(table: str, columns: list[str], keys: list[str], cursor: str | None,
@@ -114,18 +123,17 @@ class SQLiteIOManager(FormatIOManager):
             schema = metadata.get("dagster/column_schema")
             declared = {c.name: c.type for c in schema.columns} if schema else {}
             self._ensure_table(conn, table, obj, declared, keys, cursor)
-            before = conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
             mark_before = self._watermark(conn, table, cursor)
             columns = list(obj.columns)
             if keys:
+                stored = self._count_stored(conn, table, obj[keys])
                 statement = (f"{insert_sql(table, columns)} "
                              f"{upsert_clause(table, columns, keys, cursor)}")
             else:
                 conn.execute(f"DELETE FROM {quote(table)}")
                 statement = insert_sql(table, columns)
             written = max(conn.executemany(statement, to_rows(obj)).rowcount, 0)
-            after = conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
-            inserted = after - before if keys else written
+            inserted = len(obj) - stored if keys else written
             counts = {"rows_in": len(obj), "inserted": inserted, "updated": written - inserted,
                       "unchanged": len(obj) - written, "deleted": 0,
                       "watermark_before": mark_before,
@@ -143,12 +151,27 @@ class SQLiteIOManager(FormatIOManager):
             "sqlite_rows_inserted": counts["inserted"],
             "sqlite_rows_updated": counts["updated"],
             "sqlite_rows_unchanged": counts["unchanged"],
-            "sqlite_table_rows": after,
             "watermark_before": counts["watermark_before"] or "",
             "watermark_after": counts["watermark_after"] or "",
             "sync_seconds": counts["seconds"],
         }
         return staged
+
+    @staticmethod
+    def _count_stored(conn: sqlite3.Connection, table: str, keys: pd.DataFrame) -> int:
+        """How many of the incoming keys the table already holds, by index lookups, so the
+        cost follows the rows synced rather than the rows stored."""
+        if not len(keys) or conn.execute(f"SELECT 1 FROM {quote(table)} LIMIT 1").fetchone() \
+                is None:
+            return 0
+        names = ", ".join(quote(c) for c in keys.columns)
+        conn.execute(f"CREATE TEMP TABLE incoming_keys ({names})")
+        try:
+            conn.executemany(insert_sql("incoming_keys", list(keys.columns)), to_rows(keys))
+            return conn.execute(f"SELECT count(*) FROM temp.incoming_keys JOIN main."
+                                f"{quote(table)} USING ({names})").fetchone()[0]
+        finally:
+            conn.execute("DROP TABLE temp.incoming_keys")
 
     @staticmethod
     def _watermark(conn: sqlite3.Connection, table: str, cursor: str | None) -> str | None:
@@ -223,20 +246,13 @@ class SQLiteIOManager(FormatIOManager):
                 conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} "
                              f"{sqlite_type(frame[column], declared.get(column))}")
 
-    @staticmethod
-    def _aggregate_function(name: str) -> str:
-        if name.lower() not in {"count", "sum", "min", "max", "avg"}:
-            raise ValueError(f"Aggregate function {name!r} is not one of count, sum, min, max, "
-                             "avg.")
-        return name.lower()
-
     def load_input(self, context: InputContext) -> pd.DataFrame:
         """The current rows of the requested partitions (all rows if unpartitioned).
 
         An input with ``metadata={"columns": [...]}`` reads only those columns, as in
-        dagster-duckdb. One with ``metadata={"aggregate": {"by": column, "values": {name:
-        [function, column]}}}`` (functions count, sum, min, max, avg) is totalled by SQLite,
-        so a county-wide summary costs neither the table's rows nor their memory.
+        dagster-duckdb. One with ``metadata={"aggregate": ...}`` gets totals per group instead
+        of rows (see ``running_totals``): over the whole table from the running totals, over
+        a partition window by a GROUP BY of the window's rows.
         """
         path, table = self.db_path(context), asset_name(context)
         if not path.is_file():
@@ -247,19 +263,26 @@ class SQLiteIOManager(FormatIOManager):
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
         wanted = (context.definition_metadata or {}).get("columns")
         aggregate = (context.definition_metadata or {}).get("aggregate")
-        selected = ", ".join(quote(c) for c in wanted) if wanted else "*"
-        if aggregate:
-            selected = ", ".join([quote(aggregate["by"]), *(
-                f"{self._aggregate_function(function)}"
-                f"({'*' if column == '*' else quote(column)}) AS {quote(name)}"
-                for name, (function, column) in aggregate["values"].items())])
-        query, params = f"SELECT {selected} FROM {quote(table)}", []
-        if cursor and context.has_asset_partitions:
-            window = context.asset_partitions_time_window
-            query += f" WHERE {quote(cursor)} >= ? AND {quote(cursor)} < ?"
-            params = [window.start.strftime(ISO_FORMAT), window.end.strftime(ISO_FORMAT)]
-        if aggregate:
-            query += f" GROUP BY {quote(aggregate['by'])}"
+        window = input_window(context)
+        params: list[str] = []
+        if aggregate and window is None:
+            check_aggregate(aggregate)
+            with closing(open_sqlite(path)) as conn:
+                totals = totals_table(conn, table, aggregate)
+            names = [aggregate["by"], *aggregate["values"]]
+            query = f"SELECT {', '.join(map(quote, names))} FROM {quote(totals)}"
+        else:
+            if aggregate:
+                check_aggregate(aggregate)
+                query = group_by_sql(table, aggregate)
+            else:
+                selected = ", ".join(map(quote, wanted)) if wanted else "*"
+                query = f"SELECT {selected} FROM {quote(table)}"
+            if window is not None:
+                query += f" WHERE {quote(cursor)} >= ? AND {quote(cursor)} < ?"
+                params = [window.start.strftime(ISO_FORMAT), window.end.strftime(ISO_FORMAT)]
+            if aggregate:
+                query += f" GROUP BY {quote(aggregate['by'])}"
         with closing(sqlite3.connect(path)) as conn:
             # in chunks: the DBAPI's row tuples for a whole county cost more than the frame
             chunks = list(pd.read_sql_query(query, conn, params=params, chunksize=100_000))

@@ -1,4 +1,5 @@
-"""Run the benchmark: ``python -m benchmarks [--sizes 100000 1000000] [--repeat 3]``.
+"""Run the benchmark: ``python -m benchmarks [--sizes 100000 1000000] [--repeat 3]``;
+``python -m benchmarks --report`` prints the tables of the latest results again.
 
 For each source size: a demo source, then for each tool (countysync, the seeds' pandas path,
 dlt) and step (full, incremental after 1% churn, backfill of 30 daily partitions and its
@@ -184,6 +185,32 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def scaling(small: dict, large: dict) -> str:
+    """Each case at two source sizes: the incremental sync should stay flat as the table
+    grows (it touches the changed rows only); the full sync and the delete check cannot."""
+    sizes = f"{small['source_rows']:,} → {large['source_rows']:,} rows"
+    lines = [f"| tool | step | wall s ({sizes}) | growth | peak RSS MB ({sizes}) |",
+             "|---|---|---:|---:|---:|"]
+    before = {(c["tool"], c["step"]): c for c in small["cases"]}
+    for c in large["cases"]:
+        b = before.get((c["tool"], c["step"]))
+        if b:
+            lines.append(f"| {c['tool']} | {c['step']} | {b['wall_s_median']:.2f} → "
+                         f"{c['wall_s_median']:.2f} | {c['wall_s_median'] / b['wall_s_median']:.1f}"
+                         f"x | {b['peak_rss_mb']:.0f} → {c['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def report(out: Path) -> str:
+    """The tables of the latest results in ``out``, and how they scale between sizes."""
+    results = sorted((json.loads(path.read_text()) for path in out.glob("latest-*.json")),
+                     key=lambda result: result["source_rows"])
+    parts = [table(result) for result in results]
+    if len(results) > 1:
+        parts.append(scaling(results[0], results[-1]))
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="scratch folder (default: a temporary one, removed afterwards)")
+    parser.add_argument("--report", action="store_true",
+                        help="only print the tables of the latest results in --out")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.out))
+        return 0
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
@@ -209,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / "latest.json").write_text(text)
             print(table(result))
             print(f"({time.monotonic() - started:.0f} s for this size)\n", flush=True)
+    if len(args.sizes) > 1:
+        print(report(args.out))
     return 0
 
 

@@ -3,7 +3,7 @@ machines are noisy; only that every case ran and the results have their document
 
 import json
 
-from benchmarks.__main__ import OUTPUTS, TOOL_STEPS, main
+from benchmarks.__main__ import OUTPUTS, TOOL_STEPS, main, report
 
 
 def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys):
@@ -23,3 +23,14 @@ def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys):
         if tool == "countysync" and step != "delete-check":  # the peers have no delete step
             assert case["x_vs_seeds-pandas"] > 0 and case["x_vs_dlt"] > 0
     assert "| countysync | incremental |" in capsys.readouterr().out
+
+
+def test_report_shows_how_each_case_grows_with_the_table(tmp_path):
+    small = {"source_rows": 100, "cases": [
+        {"tool": "countysync", "step": "incremental", "wall_s_median": 2.0, "rows_per_s": 5.0,
+         "peak_rss_mb": 300.0}]}
+    large = {"source_rows": 1000, "cases": [dict(small["cases"][0], wall_s_median=3.0,
+                                                  peak_rss_mb=310.0)]}
+    for result in (small, large):
+        (tmp_path / f"latest-{result['source_rows']}.json").write_text(json.dumps(result))
+    assert "| countysync | incremental | 2.00 → 3.00 | 1.5x | 300 → 310 |" in report(tmp_path)

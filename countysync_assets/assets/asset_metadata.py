@@ -61,13 +61,3 @@ def window_metadata(frame: pd.DataFrame) -> dict:
         metadata["max_updated_at"] = MetadataValue.text(frame["updated_at"].max().isoformat())
     return metadata
 
-
-def select_columns(frame: pd.DataFrame, columns: list[str], asset: str) -> pd.DataFrame:
-    """``frame[columns]``, or an error naming the source columns the asset needs but lacks."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{asset} needs column(s) {missing}, which the source does not have; it has "
-            f"{list(frame.columns)}. Rename them in the source or a view over it."
-        )
-    return frame[columns]

@@ -1,12 +1,11 @@
 """``stats``: the assessment figures of each parcel, for the assessor's summaries."""
 
 import pandas as pd
-from dagster import BackfillPolicy, Output, asset
+from dagster import AssetIn, BackfillPolicy, Output, asset
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
     parcel_columns,
-    select_columns,
     storage_metadata,
     window_metadata,
 )
@@ -18,6 +17,8 @@ COLUMNS = parcel_columns("id", "use_code", "acres", "land_value", "improvement_v
 
 
 @asset(
+    # only its own columns are read from raw_db.sqlite: never the geometry
+    ins={"master_parcels": AssetIn(metadata={"columns": list(COLUMNS)})},
     partitions_def=PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
@@ -28,7 +29,7 @@ COLUMNS = parcel_columns("id", "use_code", "acres", "land_value", "improvement_v
     "the merged current state, CSV one file per window.",
 )
 def stats(master_parcels: pd.DataFrame) -> Output[pd.DataFrame]:
-    frame = select_columns(master_parcels, list(COLUMNS), "stats")
-    metadata = window_metadata(frame)
-    metadata["total_assessed_value"] = int(frame["assessed_value"].sum())
-    return Output(frame, metadata=metadata)
+    """The window's rows, read with only these columns (the input's metadata)."""
+    metadata = window_metadata(master_parcels)
+    metadata["total_assessed_value"] = int(master_parcels["assessed_value"].sum())
+    return Output(master_parcels, metadata=metadata)

@@ -1,12 +1,11 @@
 """``working``: the editable working set GIS staff use: who owns which parcel, and where."""
 
 import pandas as pd
-from dagster import BackfillPolicy, Output, asset
+from dagster import AssetIn, BackfillPolicy, Output, asset
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
     parcel_columns,
-    select_columns,
     storage_metadata,
     window_metadata,
 )
@@ -17,6 +16,8 @@ COLUMNS = parcel_columns("id", "parcel_id", "owner", "use_code", "situs_address"
 
 
 @asset(
+    # only its own columns are read from raw_db.sqlite: never the geometry
+    ins={"master_parcels": AssetIn(metadata={"columns": list(COLUMNS)})},
     partitions_def=PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
@@ -27,5 +28,5 @@ COLUMNS = parcel_columns("id", "parcel_id", "owner", "use_code", "situs_address"
     "working_db.sqlite holds the merged current state, CSV/JSON one file per window.",
 )
 def working(master_parcels: pd.DataFrame) -> Output[pd.DataFrame]:
-    frame = select_columns(master_parcels, list(COLUMNS), "working")
-    return Output(frame, metadata=window_metadata(frame))
+    """The window's rows, read with only these columns (the input's metadata)."""
+    return Output(master_parcels, metadata=window_metadata(master_parcels))

@@ -284,11 +284,18 @@ class SQLiteIOManager(FormatIOManager):
             if aggregate:
                 query += f" GROUP BY {quote(aggregate['by'])}"
         with closing(sqlite3.connect(path)) as conn:
+            declared = {row[1]: row[2]
+                        for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
+            missing = [c for c in wanted or [] if c not in declared]
+            if missing:
+                raise ValueError(
+                    f"Table {table} in {path.name} has no column(s) {missing}, which the "
+                    f"source does not have; it has {list(declared)}. Rename them in the "
+                    "source or a view over it, then re-run."
+                )
             # in chunks: the DBAPI's row tuples for a whole county cost more than the frame
             chunks = list(pd.read_sql_query(query, conn, params=params, chunksize=100_000))
             frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
-            declared = {row[1]: row[2]
-                        for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
         for column, declared_type in declared.items():
             if declared_type == TIMESTAMP and column in frame:
                 frame[column] = pd.to_datetime(frame[column], utc=True,

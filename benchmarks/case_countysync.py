@@ -1,7 +1,7 @@
 """countysync's way, through Dagster on a real instance (the case's ``$DAGSTER_HOME``).
 
-full, incremental: the change sensor's tick and the runs it requests (the first tick asks for
-one run over every window that holds rows). delete-check: the nightly job that removes the
+full, incremental: the change sensor's ticks and the runs they request until it asks for
+nothing more (a change set above its row limit comes as bounded range runs, one per tick). delete-check: the nightly job that removes the
 parcels the churn deleted (a cursor never sees a delete). backfill, backfill-rerun: one
 single-run backfill of the range.
 """
@@ -26,7 +26,7 @@ def run(step: str, workdir: Path, source_url: str, partitions: str) -> None:
         if step == "delete-check":
             assert sync.reconcile(), "countysync delete check failed"
             return
-        assert all(sync.run(sync.tick())), f"countysync {step} failed"
+        assert sync.catch_up(), f"countysync {step} failed"
         cursor_file.write_text(sync.cursor)
         return
     first, last = partitions.split("...")

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from conftest import AS_OF, FIRST_KEY, LAST_KEY, execute
-from output_checks import assert_outputs_match_source, partition_keys
+from output_checks import assert_outputs_match_source, partition_keys, source_rows
 
 from countysync_assets.demo_source import churn
 from countysync_assets.sensors import source_changes_sensor as sensor_module
@@ -66,16 +66,36 @@ def test_rows_arriving_late_behind_the_watermark_are_not_lost(syncing, demo_url)
     assert not tick().run_requests  # seen once; a rerun of the same look-back is a no-op
 
 
-def test_a_huge_change_set_is_one_range_run(syncing, monkeypatch):
-    tick, run = syncing.tick, syncing.run
-    monkeypatch.setattr(sensor_module, "MAX_ROWS_PER_POLL", 100)
-    result = tick()
-    assert len(result.run_requests) == 1
-    tags = result.run_requests[0].tags
-    assert (tags["dagster/asset_partition_range_start"],
-            tags["dagster/asset_partition_range_end"]) == (FIRST_KEY, LAST_KEY)
-    assert run(result) == [True]
-    assert not tick().run_requests
+def requested_range(request) -> tuple[str, str]:
+    if request.partition_key:
+        return request.partition_key, request.partition_key
+    return (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"])
+
+
+def test_a_huge_change_set_is_synced_in_bounded_runs_one_at_a_time(syncing, demo_url,
+                                                                    tmp_path, monkeypatch):
+    monkeypatch.setattr(sensor_module, "MAX_ROWS_PER_POLL", 600)  # the 4 days hold 2,000
+    per_partition = source_rows(demo_url)["partition"].value_counts()
+    result = syncing.tick()
+    waiting = syncing.tick()  # before the run: the next range waits for it
+    assert not waiting.run_requests
+    assert "waiting for" in waiting.skip_reason.skip_message
+    ranges = []
+    while result.run_requests:
+        assert len(result.run_requests) == 1
+        ranges.append(requested_range(result.run_requests[0]))
+        assert syncing.run(result) == [True]
+        result = syncing.tick()
+    assert len(ranges) >= 3
+    synced: set[str] = set()
+    for first, last in ranges:  # each run adds at most 600 rows, or a single window, to the
+        new = [k for k in partition_keys(first, last) if k not in synced]  # look-back window
+        assert len(new) == 1 or per_partition[new].sum() <= 600
+        synced.update(new)
+    assert sorted(synced) == partition_keys(FIRST_KEY, LAST_KEY)
+    assert_outputs_match_source(demo_url, tmp_path / "exports", partition_keys(FIRST_KEY,
+                                                                               LAST_KEY))
 
 
 def test_a_failed_run_is_requested_again_until_the_outputs_match(syncing, demo_url, tmp_path,

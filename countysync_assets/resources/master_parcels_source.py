@@ -234,13 +234,8 @@ class MasterParcelsSource(ConfigurableResource):
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        query = (
-            sa.select(*self._selected_columns(table))
-            .where(cursor >= self._to_source_time(table, start))
-            .where(cursor < self._to_source_time(table, end))
-            .order_by(cursor, key)
-            .limit(self.batch_size)
-        )
+        query = self._between(sa.select(*self._selected_columns(table)), table, start, end) \
+            .order_by(cursor, key).limit(self.batch_size)
         if after is not None:
             last_cursor, last_key = after
             last_cursor = self._to_source_time(table, last_cursor)
@@ -321,8 +316,10 @@ class MasterParcelsSource(ConfigurableResource):
                                    sa.literal_column("126"))
         return cursor
 
-    def changes_since(self, since: datetime | None, limit: int | None = None) -> pd.DataFrame:
-        """Key and cursor of the rows with cursor >= ``since`` (UTC), oldest first.
+    def changes_since(self, since: datetime | None, until: datetime | None = None
+                      ) -> pd.DataFrame:
+        """Key and cursor of the rows with ``since`` <= cursor < ``until`` (UTC; either may be
+        None), oldest first.
 
         Columns: ``cursor_text`` (the source's value at full precision, as text), ``updated_at``
         (UTC, microseconds) and ``id``. Only two columns travel, so a poll stays cheap.
@@ -331,10 +328,7 @@ class MasterParcelsSource(ConfigurableResource):
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
         query = sa.select(self._cursor_text(table).label("cursor_text"), key.label("id")) \
             .order_by(cursor, key)
-        if since is not None:
-            query = query.where(cursor >= self._to_source_time(table, since))
-        if limit is not None:
-            query = query.limit(limit)
+        query = self._between(query, table, since, until)
         try:
             with self.get_engine().connect() as conn:
                 rows = conn.execute(query).all()
@@ -370,12 +364,20 @@ class MasterParcelsSource(ConfigurableResource):
         except sa.exc.DBAPIError as err:
             raise self._unreachable(err) from None
 
-    def count_since(self, since: datetime | None) -> int:
-        """How many rows have cursor >= ``since`` (UTC); all rows if ``since`` is None."""
-        table = self.table_ref()
-        query = sa.select(sa.func.count()).select_from(table)
+    def _between(self, query: sa.Select, table: sa.Table, since: datetime | None,
+                 until: datetime | None) -> sa.Select:
+        """``query`` limited to rows with ``since`` <= cursor < ``until`` (None: unbounded)."""
+        cursor = table.c[self.cursor_column]
         if since is not None:
-            query = query.where(table.c[self.cursor_column] >= self._to_source_time(table, since))
+            query = query.where(cursor >= self._to_source_time(table, since))
+        if until is not None:
+            query = query.where(cursor < self._to_source_time(table, until))
+        return query
+
+    def count_since(self, since: datetime | None, until: datetime | None = None) -> int:
+        """How many rows have ``since`` <= cursor < ``until`` (UTC; None: unbounded)."""
+        table = self.table_ref()
+        query = self._between(sa.select(sa.func.count()).select_from(table), table, since, until)
         try:
             with self.get_engine().connect() as conn:
                 return int(conn.execute(query).scalar_one())

@@ -4,7 +4,9 @@ Each tick reads the key and cursor of the rows at or after the watermark minus a
 overlap (late-committing transactions land behind the watermark), digests them per partition
 and requests a run for every partition whose digest changed. Run keys hold the watermark and
 the digest, so a later change to the same partition is never deduplicated away. A huge change
-set (the first tick, a mass update) becomes one single-run backfill of a partition range.
+set (the first tick, a mass update) is synced as partition-range runs of at most
+``MAX_ROWS_PER_POLL`` rows, one at a time, the watermark following each: memory stays that of
+one such run however big the county (a single window holding more rows is still one run).
 Requested runs stay in the cursor until they succeed; failed ones are requested again with
 backoff, so no change is lost.
 """
@@ -96,6 +98,25 @@ def retry_failed(context: SensorEvaluationContext, state: SyncCursor) -> list[Ru
     return retries
 
 
+def bounded_last(source: MasterParcelsSource, since: datetime, last: str) -> str:
+    """The last partition p (<= ``last``) such that the rows from ``since`` to the end of p
+    number at most ``MAX_ROWS_PER_POLL``; the partition of ``since`` if even that holds
+    more. Found by binary search with counts over the source's cursor index."""
+    keys = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(key_of(since), last))
+
+    def fits(key: str) -> bool:
+        end = PARTITIONS.time_window_for_partition_key(key).end
+        return source.count_since(since, end) <= MAX_ROWS_PER_POLL
+
+    if fits(keys[-1]):
+        return keys[-1]
+    known, too_big = 0, len(keys) - 1  # keys[known] is the answer unless a later one fits
+    while too_big - known > 1:
+        middle = (known + too_big) // 2
+        known, too_big = (middle, too_big) if fits(keys[middle]) else (known, middle)
+    return keys[known]
+
+
 @sensor(
     job=sync_job,
     minimum_interval_seconds=INTERVAL_SECONDS,
@@ -112,13 +133,26 @@ def source_changes_sensor(context: SensorEvaluationContext,
         since = max(state.watermark_time - OVERLAP, since)
     newest_window = PARTITIONS.time_window_for_partition_key(PARTITIONS.get_last_partition_key())
     changed = source.count_since(since)
-    if changed > MAX_ROWS_PER_POLL:  # the first sync, or a mass update: one run for the range
+    if changed > MAX_ROWS_PER_POLL:  # the first sync, or a mass update: bounded range runs
+        if state.pending:  # one at a time: the next range once this one has succeeded
+            return SensorResult(
+                run_requests=run_requests, cursor=state.to_json(),
+                skip_reason=None if run_requests else f"{changed} changed rows; waiting for "
+                f"{', '.join(state.pending)} before the next range.")
         low, high = source.cursor_bounds(since)
         high = min(high, newest_window.end - timedelta(microseconds=1))
-        first, last = key_of(low), key_of(high)
-        rows = source.changes_since(high - OVERLAP)
-        run_requests.append(request(state, f"{first}...{last}|{high.isoformat()}", first, last))
-        context.log.info(f"{changed} changed rows: one run for partitions {first}..{last}.")
+        # the range starts at the look-back (late commits) but is sized by the rows newer
+        # than the watermark, so every run moves the watermark on
+        newer = source.cursor_bounds(state.watermark_time + timedelta(microseconds=1)) \
+            if state.watermark_time else None
+        first = key_of(low)
+        last = bounded_last(source, newer[0] if newer else low, key_of(high))
+        end = PARTITIONS.time_window_for_partition_key(last).end
+        rows = source.changes_since(since, end)  # about MAX_ROWS_PER_POLL, by bounded_last
+        run_requests.append(request(state, f"{first}...{last}|{rows.iloc[-1]['cursor_text']}",
+                                    first, last))
+        context.log.info(f"{changed} changed rows: a run for partitions {first}..{last}, then "
+                         "the next range once it succeeds.")
     else:
         rows = source.changes_since(since)
     rows = rows[rows["updated_at"] < newest_window.end]  # clock skew: not a partition yet

@@ -1,9 +1,9 @@
 """countysync's way, through Dagster on a real instance (the case's ``$DAGSTER_HOME``).
 
 full, incremental: the change sensor's ticks and the runs they request until it asks for
-nothing more (a change set above its row limit comes as bounded range runs, one per tick). delete-check: the nightly job that removes the
-parcels the churn deleted (a cursor never sees a delete). backfill, backfill-rerun: one
-single-run backfill of the range.
+nothing more (a change set above its row limit comes as bounded range runs, one per tick).
+delete-check: the nightly job that removes the parcels the churn deleted (a cursor never sees
+a delete). backfill, backfill-rerun: one single-run backfill of the range.
 """
 
 from pathlib import Path

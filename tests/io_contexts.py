@@ -20,14 +20,16 @@ def output_context(asset: str = "things", first: str = "2026-05-28", last: str |
 
 
 def input_context(asset: str = "things", first: str = "2026-05-28", last: str | None = None,
-                  metadata: dict | None = None):
-    """The context Dagster gives ``load_input`` for partitions first..last of ``asset``."""
+                  metadata: dict | None = None, input_metadata: dict | None = None):
+    """The context Dagster gives ``load_input`` for partitions first..last of ``asset``
+    (``metadata``: the asset's; ``input_metadata``: the reading asset's, on its input)."""
     upstream = output_context(asset, first, last, metadata)
     return build_input_context(
         asset_key=asset,
         asset_partitions_def=PARTITIONS,
         asset_partition_key_range=PartitionKeyRange(first, last or first),
         upstream_output=upstream,
+        definition_metadata=input_metadata,
     )
 
 

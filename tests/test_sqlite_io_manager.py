@@ -108,21 +108,13 @@ def test_load_before_any_write_says_what_to_do(manager):
 
 def test_input_metadata_columns_reads_only_those_columns(manager):
     manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00")]))
-    context = input_context()
-    narrow = build_input_context(
-        asset_key="things", asset_partitions_def=context.asset_partitions_def,
-        asset_partition_key_range=context.asset_partition_key_range,
-        upstream_output=context.upstream_output, definition_metadata={"columns": ["id", "name"]})
+    narrow = input_context(input_metadata={"columns": ["id", "name"]})
     assert list(manager.load_input(narrow).columns) == ["id", "name"]
 
 
 def test_input_asking_for_a_column_the_source_lacks_names_it(manager):
     manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00")]))
-    context = input_context()
-    narrow = build_input_context(
-        asset_key="things", asset_partitions_def=context.asset_partitions_def,
-        asset_partition_key_range=context.asset_partition_key_range,
-        upstream_output=context.upstream_output, definition_metadata={"columns": ["id", "owner"]})
+    narrow = input_context(input_metadata={"columns": ["id", "owner"]})
     with pytest.raises(ValueError, match=r"no column\(s\) \['owner'\].*it has \['id', 'name', "
                                          r"'updated_at'\]. Rename them in the source"):
         manager.load_input(narrow)
@@ -132,12 +124,8 @@ def test_input_metadata_aggregate_is_totalled_by_sqlite(manager):
     manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00"),
                                                     (2, "a", "2026-05-28 02:00"),
                                                     (3, "b", "2026-05-28 03:00")]))
-    context = input_context()
-    totals = build_input_context(
-        asset_key="things", asset_partitions_def=context.asset_partitions_def,
-        asset_partition_key_range=context.asset_partition_key_range,
-        upstream_output=context.upstream_output, definition_metadata={"aggregate": {
-            "by": "name", "values": {"n": ["count", "*"], "ids": ["sum", "id"]}}})
+    totals = input_context(input_metadata={"aggregate": {
+        "by": "name", "values": {"n": ["count", "*"], "ids": ["sum", "id"]}}})
     loaded = manager.load_input(totals).sort_values("name")
     assert loaded.to_dict("records") == [{"name": "a", "n": 2, "ids": 3},
                                          {"name": "b", "n": 1, "ids": 3}]

@@ -9,6 +9,7 @@ from dagster._core.storage.tags import RUN_KEY_TAG
 from countysync_assets.definitions import all_assets
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
+from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
@@ -49,6 +50,12 @@ class InProcessSync:
             if not all(self.run(result)):
                 return False
         return True
+
+    def sync_range(self, first: str, last: str) -> bool:
+        """One run of the sync job over partitions first..last, as a single-run backfill of
+        that job does (the delete check is its own job, as it is in the UI)."""
+        return self.defs.resolve_job_def("sync_parcels").execute_in_process(
+            instance=self.instance, tags=range_tags(first, last)).success
 
     def reconcile(self) -> bool:
         """The nightly delete check."""

@@ -117,6 +117,35 @@ def bounded_last(source: MasterParcelsSource, since: datetime, last: str) -> str
     return keys[known]
 
 
+def next_range(source: MasterParcelsSource, state: SyncCursor, since: datetime,
+               newest_end: datetime) -> tuple[pd.DataFrame, RunRequest]:
+    """A huge change set's next bounded run: from the look-back (late commits) to the last
+    partition that keeps the rows newer than the watermark within ``MAX_ROWS_PER_POLL``, so
+    every run moves the watermark on. Returns the run's rows and its request."""
+    low, high = source.cursor_bounds(since)
+    high = min(high, newest_end - timedelta(microseconds=1))  # clock skew: not a partition yet
+    newer = source.cursor_bounds(state.watermark_time + timedelta(microseconds=1)) \
+        if state.watermark_time else None
+    first = key_of(low)
+    last = bounded_last(source, newer[0] if newer else low, key_of(high))
+    rows = source.changes_since(since, PARTITIONS.time_window_for_partition_key(last).end)
+    return rows, request(state, f"{first}...{last}|{rows.iloc[-1]['cursor_text']}", first, last)
+
+
+def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
+    """A run for each partition whose look-back digest changed; one range run over them if
+    they are more than ``MAX_RUNS_PER_TICK``."""
+    new = digests(rows)
+    to_sync = sorted(k for k, digest in new.items() if state.digests.get(k) != digest)
+    if not to_sync:
+        return []
+    mark = rows.iloc[-1]["cursor_text"]
+    if len(to_sync) > MAX_RUNS_PER_TICK:
+        first, last = to_sync[0], to_sync[-1]
+        return [request(state, f"{first}...{last}|{mark}", first, last)]
+    return [request(state, f"{k}|{mark}|{new[k]}", k, k) for k in to_sync]
+
+
 @sensor(
     job=sync_job,
     minimum_interval_seconds=INTERVAL_SECONDS,
@@ -131,7 +160,7 @@ def source_changes_sensor(context: SensorEvaluationContext,
     since = PARTITIONS.start
     if state.watermark_time:
         since = max(state.watermark_time - OVERLAP, since)
-    newest_window = PARTITIONS.time_window_for_partition_key(PARTITIONS.get_last_partition_key())
+    newest_end = PARTITIONS.time_window_for_partition_key(PARTITIONS.get_last_partition_key()).end
     changed = source.count_since(since)
     if changed > MAX_ROWS_PER_POLL:  # the first sync, or a mass update: bounded range runs
         if state.pending:  # one at a time: the next range once this one has succeeded
@@ -139,33 +168,15 @@ def source_changes_sensor(context: SensorEvaluationContext,
                 run_requests=run_requests, cursor=state.to_json(),
                 skip_reason=None if run_requests else f"{changed} changed rows; waiting for "
                 f"{', '.join(state.pending)} before the next range.")
-        low, high = source.cursor_bounds(since)
-        high = min(high, newest_window.end - timedelta(microseconds=1))
-        # the range starts at the look-back (late commits) but is sized by the rows newer
-        # than the watermark, so every run moves the watermark on
-        newer = source.cursor_bounds(state.watermark_time + timedelta(microseconds=1)) \
-            if state.watermark_time else None
-        first = key_of(low)
-        last = bounded_last(source, newer[0] if newer else low, key_of(high))
-        end = PARTITIONS.time_window_for_partition_key(last).end
-        rows = source.changes_since(since, end)  # about MAX_ROWS_PER_POLL, by bounded_last
-        run_requests.append(request(state, f"{first}...{last}|{rows.iloc[-1]['cursor_text']}",
-                                    first, last))
-        context.log.info(f"{changed} changed rows: a run for partitions {first}..{last}, then "
-                         "the next range once it succeeds.")
+        rows, next_run = next_range(source, state, since, newest_end)
+        run_requests.append(next_run)
+        planned = state.pending[next_run.run_key]
+        context.log.info(f"{changed} changed rows: a run for partitions {planned.first}.."
+                         f"{planned.last}, then the next range once it succeeds.")
     else:
         rows = source.changes_since(since)
-    rows = rows[rows["updated_at"] < newest_window.end]  # clock skew: not a partition yet
-    if changed <= MAX_ROWS_PER_POLL:
-        new = digests(rows)
-        to_sync = sorted(k for k, digest in new.items() if state.digests.get(k) != digest)
-        if len(to_sync) > MAX_RUNS_PER_TICK:
-            first, last = to_sync[0], to_sync[-1]
-            run_requests.append(request(state, f"{first}...{last}|{rows.iloc[-1]['cursor_text']}",
-                                        first, last))
-        else:
-            run_requests += [request(state, f"{k}|{rows.iloc[-1]['cursor_text']}|{new[k]}", k, k)
-                             for k in to_sync]
+        rows = rows[rows["updated_at"] < newest_end]  # clock skew: not a partition yet
+        run_requests += window_requests(state, rows)
     if len(rows):
         newest = rows.iloc[-1]
         state.watermark = newest["cursor_text"]

@@ -5,8 +5,14 @@ import sqlite3
 from contextlib import closing
 
 import pytest
-from conftest import execute, keyless_copy, materialize_range
-from output_checks import snapshot
+from conftest import FIRST_KEY, execute, keyless_copy, materialize_range
+from output_checks import (
+    assert_outputs_match_source,
+    partition_keys,
+    snapshot,
+    source_rows,
+    sqlite_table,
+)
 
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
@@ -98,6 +104,35 @@ def test_bad_geometry_is_rejected_or_repaired_and_the_rest_syncs(demo_url, tmp_p
     metadata = {m.asset_key.path[-1]: m.metadata for m in geometry}["parcel_geometry"]
     assert metadata["rejected_rows"].value == 3
     assert metadata["repaired_geometries"].value == 1
+
+
+def test_a_parcel_is_in_the_layer_or_in_the_rejects_as_its_latest_edit_decides(
+        syncing, demo_url, tmp_path):
+    """An edit that breaks a boundary takes the parcel out of the GeoPackage (its old shape
+    would carry stale attributes) and lists it as a reject; an edit that fixes it puts it
+    back and clears the reject. Each edit is synced by the change sensor, as in production."""
+    exports = tmp_path / "exports"
+
+    def layer_ids() -> set[int]:
+        with closing(sqlite3.connect(exports / "geo_db.gpkg")) as conn:
+            return {row[0] for row in conn.execute("SELECT id FROM parcels")}
+
+    def rejects() -> dict[int, str]:
+        table = sqlite_table(exports / "rejects_db.sqlite", "geometry_rejects")
+        return dict(zip(table["id"], table["reason"], strict=True))
+
+    assert syncing.catch_up()
+    boundary = source_rows(demo_url).set_index("id").loc[11, "geometry"]
+    edit = 'UPDATE "MasterParcels" SET geometry = :g, updated_at = :t WHERE id = 11'
+    execute(demo_url, edit, g="POINT (1950000 320000)", t="2026-06-01 08:00:00.000001")
+    assert syncing.catch_up()
+    assert 11 not in layer_ids() and rejects() == {11: "not a polygon (Point)"}
+
+    execute(demo_url, edit, g=boundary, t="2026-06-01 09:00:00.000002")
+    assert syncing.catch_up()
+    assert 11 in layer_ids() and rejects() == {}
+    assert_outputs_match_source(demo_url, exports, partition_keys(FIRST_KEY, "2026-06-01"),
+                                ["2026-06-01"])
 
 
 def test_password_never_reaches_logs_metadata_or_files(pg_database_url, tmp_path, instance):

@@ -7,6 +7,7 @@ from dagster import MetadataValue, TableColumn, TableSchema
 from countysync_assets.io_managers.format_io_manager import (
     CURSOR_COLUMN,
     FORMATS,
+    GPKG_LAYER,
     KEY_COLUMNS,
     SQLITE_DB,
 )
@@ -51,6 +52,15 @@ def storage_metadata(columns: dict[str, str], formats: list[str], sqlite_db: str
     if sqlite_db:
         metadata[SQLITE_DB] = sqlite_db
     return metadata
+
+
+STORAGE_KEYS = (FORMATS, SQLITE_DB, GPKG_LAYER, KEY_COLUMNS, CURSOR_COLUMN)
+
+
+def where_stored(metadata: dict) -> dict:
+    """The part of an asset's metadata that tells the IO managers where its current state
+    is, for an asset that removes rows from it (tombstones, superseding outputs)."""
+    return {key: metadata[key] for key in STORAGE_KEYS if key in metadata}
 
 
 def window_metadata(frame: pd.DataFrame) -> dict:

@@ -20,31 +20,28 @@ from dagster import (
     asset,
 )
 
-from countysync_assets.assets.asset_metadata import GROUP, parcel_columns, storage_metadata
+from countysync_assets.assets.asset_metadata import (
+    GROUP,
+    parcel_columns,
+    storage_metadata,
+    where_stored,
+)
 from countysync_assets.assets.master_parcels import master_parcels as master_parcels_asset
 from countysync_assets.assets.parcel_geometry import parcel_geometry as parcel_geometry_asset
 from countysync_assets.assets.stats import stats as stats_asset
 from countysync_assets.assets.working import working as working_asset
-from countysync_assets.io_managers.format_io_manager import (
-    CURSOR_COLUMN,
-    DELETES_FROM,
-    FORMATS,
-    GPKG_LAYER,
-    KEY_COLUMNS,
-    SQLITE_DB,
-)
+from countysync_assets.io_managers.format_io_manager import DELETES_FROM
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
 COLUMNS = {
     **parcel_columns("id", "parcel_id", "updated_at"),
     "deleted_at": "timestamp: when the reconciliation found the parcel gone (UTC)",
 }
-STORAGE_KEYS = (FORMATS, SQLITE_DB, GPKG_LAYER, KEY_COLUMNS, CURSOR_COLUMN)
 
 
 def _storage(*assets_defs: AssetsDefinition) -> dict[str, dict]:
     """Where each asset keeps its current state: the metadata its IO managers read."""
-    return {key.path[-1]: {k: spec.metadata[k] for k in STORAGE_KEYS if k in spec.metadata}
+    return {key.path[-1]: where_stored(spec.metadata)
             for assets_def in assets_defs for key, spec in assets_def.specs_by_key.items()}
 
 

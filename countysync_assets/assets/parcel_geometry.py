@@ -2,7 +2,9 @@
 
 Geometry is parsed with vectorized shapely. Invalid polygons are repaired with ``make_valid``
 and counted; rows whose geometry cannot be used (missing, unparseable, not a polygon, another
-SRID) are kept out and recorded with their reason in ``geometry_rejects``.
+SRID) are kept out and recorded with their reason in ``geometry_rejects``. A parcel is in one
+of the two, as its current version decides: a fixed geometry leaves ``geometry_rejects``, a
+broken one leaves the GeoPackage layer (its old boundary would show stale attributes).
 """
 
 import geopandas as gpd
@@ -15,9 +17,10 @@ from countysync_assets.assets.asset_metadata import (
     GROUP,
     parcel_columns,
     storage_metadata,
+    where_stored,
     window_metadata,
 )
-from countysync_assets.io_managers.format_io_manager import GPKG_LAYER
+from countysync_assets.io_managers.format_io_manager import GPKG_LAYER, SUPERSEDES
 from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN
 
@@ -30,7 +33,9 @@ REJECT_COLUMNS = {
     **parcel_columns("id", "parcel_id", "updated_at"),
     "reason": "string: why the geometry was kept out",
 }
-POLYGONAL = {"Polygon", "MultiPolygon"}
+GEOMETRY_STORAGE = {**storage_metadata(COLUMNS, ["gpkg", "geojson"]), GPKG_LAYER: "parcels"}
+REJECTS_STORAGE = storage_metadata(REJECT_COLUMNS, ["sqlite", "csv"],
+                                   sqlite_db="rejects_db.sqlite")
 
 
 def parse_geometry(raw: pd.Series) -> np.ndarray:
@@ -100,13 +105,15 @@ def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame,
             "parcels holds the merged current state, GeoJSON (WGS 84) one file per "
             "window.",
             kinds={"geopandas", "gpkg", "geojson"},
-            metadata={**storage_metadata(COLUMNS, ["gpkg", "geojson"]), GPKG_LAYER: "parcels"},
+            # a parcel is in the layer or in the rejects, as its current version decides
+            metadata={**GEOMETRY_STORAGE,
+                      SUPERSEDES: {"geometry_rejects": where_stored(REJECTS_STORAGE)}},
         ),
         "geometry_rejects": AssetOut(
             description="Parcels whose geometry was kept out of parcel_geometry, with why.",
             kinds={"pandas", "sqlite", "csv"},
-            metadata=storage_metadata(REJECT_COLUMNS, ["sqlite", "csv"],
-                                      sqlite_db="rejects_db.sqlite"),
+            metadata={**REJECTS_STORAGE,
+                      SUPERSEDES: {"parcel_geometry": where_stored(GEOMETRY_STORAGE)}},
         ),
     },
     partitions_def=PARTITIONS,

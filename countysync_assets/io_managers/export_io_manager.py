@@ -8,8 +8,10 @@ Inputs are loaded from the asset's first format that can load (SQLite or GeoPack
 """
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 from pydantic import Field
 
@@ -17,6 +19,7 @@ from countysync_assets.io_managers.csv_io_manager import CsvIOManager
 from countysync_assets.io_managers.format_io_manager import (
     DELETES_FROM,
     FORMATS,
+    SUPERSEDES,
     FormatIOManager,
 )
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
@@ -66,6 +69,21 @@ def check_formats(formats: dict[str, list[str]], asset_names: set[str]) -> None:
                              f"be one of {', '.join(FORMAT_MANAGERS)} and at least one is needed.")
 
 
+def removals_from_others(
+    definition_metadata: dict, obj: pd.DataFrame
+) -> Iterator[tuple[str, dict, pd.DataFrame, pd.DataFrame | None]]:
+    """What writing ``obj`` removes from other assets' current state, as (asset, its storage
+    metadata, ids with the version they remove up to, tombstones to keep or None).
+
+    Tombstones remove their ids as of ``deleted_at`` and are kept; an output that supersedes
+    another removes the older versions of its ids there, so a parcel whose geometry is fixed
+    leaves geometry_rejects and one whose geometry breaks leaves the GeoPackage."""
+    for name, metadata in (definition_metadata.get(DELETES_FROM) or {}).items():
+        yield name, metadata, obj[["id", "deleted_at"]].set_axis(["id", "as_of"], axis=1), obj
+    for name, metadata in (definition_metadata.get(SUPERSEDES) or {}).items():
+        yield name, metadata, obj[["id", "updated_at"]].set_axis(["id", "as_of"], axis=1), None
+
+
 class ExportIOManager(ConfigurableIOManager):
     """Routes each asset to its formats under one export folder."""
 
@@ -95,15 +113,14 @@ class ExportIOManager(ConfigurableIOManager):
         # Transactions commit first: a GeoPackage commit can wait on a reader and time out,
         # and until it succeeds nothing else has been published.
         chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
-        # tombstones also delete their ids from the current state of the assets they name
-        targets = (context.definition_metadata or {}).get(DELETES_FROM) or {}
         staged = []
         try:
-            for name, metadata in targets.items():
+            for name, metadata, removals, tombstones in removals_from_others(
+                    context.definition_metadata or {}, obj):
                 for fmt in self.formats_of(name, metadata):
                     if fmt in LOADABLE:
-                        staged.append(self.manager(fmt).stage_delete(name, metadata, obj,
-                                                                      context.run_id))
+                        staged.append(self.manager(fmt).stage_delete(
+                            name, metadata, removals, context.run_id, tombstones))
             for fmt in chosen:
                 staged.append(self.manager(fmt).stage(context, obj))
         except BaseException:

@@ -28,6 +28,9 @@ CURSOR_COLUMN = "countysync/cursor_column"  # the time column partitions are win
 SQLITE_DB = "countysync/sqlite_db"  # database file name; default "<asset>.sqlite"
 GPKG_LAYER = "countysync/gpkg_layer"  # GeoPackage layer name; default the asset name
 DELETES_FROM = "countysync/deletes_from"  # tombstone assets: the assets their ids leave
+# outputs whose rows take the place of older versions of the same ids in these assets (a
+# parcel is in parcel_geometry or in geometry_rejects, as its current version decides)
+SUPERSEDES = "countysync/supersedes"
 FORMATS = "countysync/formats"  # the asset's default formats, e.g. ["sqlite", "csv"]
 
 
@@ -54,9 +57,11 @@ class FormatIOManager(ConfigurableIOManager):
         """Write ``obj`` where no reader sees it yet; must clean up after itself on failure."""
         raise NotImplementedError
 
-    def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
-                     run_id: str) -> StagedWrite:
-        """Remove the tombstones' ids from ``asset``'s current state (stores that hold one)."""
+    def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
+                     tombstones: pd.DataFrame | None = None) -> StagedWrite:
+        """Remove from ``asset``'s current state (stores that hold one) each ``removals`` id
+        (columns ``id``, ``as_of``) whose stored version is no newer than ``as_of``. Parcels
+        deleted from the source also come as ``tombstones``, which the store keeps."""
         raise NotImplementedError(f"{type(self).__name__} holds no current state to delete from")
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:

@@ -166,24 +166,23 @@ class GeoPackageIOManager(FormatIOManager):
                            "gpkg_rows_updated": max(written, 0) - inserted}
         return staged
 
-    def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
-                     run_id: str) -> StagedWrite:
-        """Remove the tombstones' features (unless the stored version is newer) in one
-        transaction; GDAL's triggers keep the spatial index and feature count in step."""
+    def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
+                     tombstones: pd.DataFrame | None = None) -> StagedWrite:
+        """Remove the ids' features (unless the stored version is newer) in one transaction;
+        GDAL's triggers keep the spatial index and feature count in step. The tombstones are
+        kept by the SQLite outputs, not here."""
         path = export_path(self.export_dir, self.file_name)
         layer = metadata.get(GPKG_LAYER) or asset
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60) if path.exists() else None
-        if conn is None or not len(tombstones):
-            if conn is not None:
-                conn.close()
+        if not path.exists() or not len(removals):
             return StagedWrite(f"{path.name}:{layer} deletes", metadata={"deleted_from_gpkg": 0})
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
         try:
             _register_gpkg_functions(conn)
             conn.execute("BEGIN IMMEDIATE")
             deleted = conn.executemany(
                 f"DELETE FROM {quote(layer)} WHERE id = ? AND "
                 f"{GPKG_TIME.format('updated_at')} <= {GPKG_TIME.format('?')}",
-                to_rows(tombstones[["id", "deleted_at"]])).rowcount
+                to_rows(removals[["id", "as_of"]])).rowcount
         except BaseException:
             abandon(conn)
             raise

@@ -97,6 +97,14 @@ def upsert_clause(table: str, columns: list[str], keys: list[str], cursor: str |
             f"DO UPDATE SET {assignments} WHERE {rule}")
 
 
+def has_rows(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` exists and holds a row."""
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                          (table,)).fetchone()
+    return bool(exists) and conn.execute(
+        f"SELECT 1 FROM {quote(table)} LIMIT 1").fetchone() is not None
+
+
 def insert_sql(table: str, columns: list[str]) -> str:
     names = ", ".join(quote(c) for c in columns)
     return f"INSERT INTO {quote(table)} ({names}) VALUES ({', '.join('?' for _ in columns)})"
@@ -161,8 +169,7 @@ class SQLiteIOManager(FormatIOManager):
     def _count_stored(conn: sqlite3.Connection, table: str, keys: pd.DataFrame) -> int:
         """How many of the incoming keys the table already holds, by index lookups, so the
         cost follows the rows synced rather than the rows stored."""
-        if not len(keys) or conn.execute(f"SELECT 1 FROM {quote(table)} LIMIT 1").fetchone() \
-                is None:
+        if not len(keys) or not has_rows(conn, table):
             return 0
         names = ", ".join(quote(c) for c in keys.columns)
         conn.execute(f"CREATE TEMP TABLE incoming_keys ({names})")
@@ -193,32 +200,36 @@ class SQLiteIOManager(FormatIOManager):
              "watermark_before": None, "watermark_after": None, **counts, "run_id": run_id,
              "asset": table, "partitions": partitions})
 
-    def stage_delete(self, asset: str, metadata: dict, tombstones: pd.DataFrame,
-                     run_id: str) -> StagedWrite:
-        """Delete the tombstones' ids from ``asset``'s table, unless the stored version is
-        newer than the deletion (the id came back), and keep the tombstones in this
-        database's ``deleted_parcels`` table; one transaction."""
+    def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
+                     tombstones: pd.DataFrame | None = None) -> StagedWrite:
+        """Delete the ids from ``asset``'s table, unless the stored version is newer (the id
+        came back), and keep any tombstones in this database's ``deleted_parcels`` table;
+        one transaction. Logged in ``sync_log`` when it deletes or records something."""
         path = export_path(self.export_dir, metadata.get(SQLITE_DB) or f"{asset}.sqlite")
+        if tombstones is None and not path.exists():
+            return StagedWrite(f"{path.name}:{asset} deletes", metadata={})
         started = time.monotonic()
         conn = open_sqlite(path)
         try:
             conn.execute("BEGIN IMMEDIATE")
             deleted = 0
-            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                                  (asset,)).fetchone()
-            if exists and len(tombstones):
-                rows = to_rows(tombstones[["id", "deleted_at"]])
+            # an empty table (no rejects yet, say) is skipped: a first sync removes nothing
+            if len(removals) and has_rows(conn, asset):
                 deleted = max(conn.executemany(
                     f'DELETE FROM {quote(asset)} WHERE "id" = ? AND "updated_at" <= ?',
-                    rows).rowcount, 0)
-            self._ensure_table(conn, "deleted_parcels", tombstones, {}, ["id"], "deleted_at")
-            columns = list(tombstones.columns)
-            conn.executemany(f"{insert_sql('deleted_parcels', columns)} "
-                             f"{upsert_clause('deleted_parcels', columns, ['id'], 'deleted_at')}",
-                             to_rows(tombstones))
-            self._log_sync(conn, run_id, asset, [], {
-                "rows_in": len(tombstones), "deleted": deleted,
-                "seconds": round(time.monotonic() - started, 3)})
+                    to_rows(removals[["id", "as_of"]])).rowcount, 0)
+            if tombstones is not None:
+                self._ensure_table(conn, "deleted_parcels", tombstones, {}, ["id"],
+                                   "deleted_at")
+                columns = list(tombstones.columns)
+                conn.executemany(
+                    f"{insert_sql('deleted_parcels', columns)} "
+                    f"{upsert_clause('deleted_parcels', columns, ['id'], 'deleted_at')}",
+                    to_rows(tombstones))
+            if tombstones is not None or deleted:
+                self._log_sync(conn, run_id, asset, [], {
+                    "rows_in": len(removals), "deleted": deleted,
+                    "seconds": round(time.monotonic() - started, 3)})
         except BaseException:
             abandon(conn)
             raise

@@ -8,6 +8,9 @@ peers' incremental steps do not: dlt's merge keeps deleted rows, the seeds repla
 tables) the median wall time of ``--repeat`` runs, rows/s and peak RSS, each run in its own
 process. Prints a table and writes ``benchmarks/results/<timestamp>-<rows>.json`` and
 ``latest-<rows>.json`` (``latest.json``: the largest size of the newest run).
+
+``python -m benchmarks --profile --sizes 100000`` runs each countysync step once under
+pyinstrument instead and writes where the time goes to ``benchmarks/results/profiles/``.
 """
 
 import argparse
@@ -23,6 +26,7 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -61,13 +65,19 @@ def machine() -> dict:
             "versions": versions}
 
 
-def measure(tool: str, step: str, workdir: Path, url: str, partitions: str) -> tuple[float, float]:
-    """(wall seconds of the work, peak RSS in MB of its process)."""
+def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,
+            profile: Path | None = None) -> tuple[float, float]:
+    """(wall seconds of the work, peak RSS in MB of its process). With ``profile``, the case
+    runs under pyinstrument, which writes its text report there (and slows the run)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "benchmarks.case", tool, step, str(workdir), url, partitions]
+    if profile:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        command[1:3] = ["-m", "pyinstrument", "-r", "text", "--no-color", "-o", str(profile),
+                        "-m", "benchmarks.case"]
     with open(workdir / f"{tool}-{step}.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.case", tool, step, str(workdir), url, partitions],
-            stdout=subprocess.PIPE, stderr=log, text=True, cwd=Path(__file__).parents[1])
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                   cwd=Path(__file__).parents[1])
         output = process.stdout.read()
         process.wait()
     if process.returncode:
@@ -103,8 +113,15 @@ def rows_between(url: str, first: str, last: str) -> int:
     return count
 
 
-def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
-               days: float = 365) -> dict:
+class Step(NamedTuple):
+    source: str  # URL of the source the step reads
+    partitions: str  # first...last
+    rows: int  # rows the step moves
+    kind: str  # the workdir a repeat of the step works in
+
+
+def prepare(rows: int, root: Path, days: float) -> tuple[dict[str, Step], dict]:
+    """The source, a copy of it after 1% churn, and what each step reads; and the churn."""
     base = root / f"source-{rows}.sqlite"
     churned = root / f"source-{rows}-churned.sqlite"
     url, churned_url = f"sqlite:///{base}", f"sqlite:///{churned}"
@@ -117,20 +134,39 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
     engine.dispose()
     changes = churn(churned_url, seed=7, **{k: max(1, int(rows * v)) for k, v in CHURN.items()})
     full_range = partition_range(url)
-    touched = partition_range(churned_url, newer_than=synced_until)
+    touched = "...".join(partition_range(churned_url, newer_than=synced_until))
     keys = PARTITIONS.get_partition_keys()
     last = keys.index(full_range[1])
     backfill = (keys[max(0, last - 29)], keys[last])
-    plan = {  # step: (source, partitions, rows it moves, workdir of a repeat)
-        "full": (url, "...".join(full_range), rows, "full"),
-        "incremental": (churned_url, "...".join(touched),
-                        changes["updated"] + changes["inserted"], "incremental"),
+    plan = {
+        "full": Step(url, "...".join(full_range), rows, "full"),
+        "incremental": Step(churned_url, touched, changes["updated"] + changes["inserted"],
+                            "incremental"),
         # every key on both sides is compared: the rows it reads are the whole table
-        "delete-check": (churned_url, "...".join(touched), rows + changes["inserted"],
-                         "incremental"),
-        "backfill": (url, "...".join(backfill), rows_between(url, *backfill), "backfill"),
+        "delete-check": Step(churned_url, touched, rows + changes["inserted"], "incremental"),
+        "backfill": Step(url, "...".join(backfill), rows_between(url, *backfill), "backfill"),
     }
     plan["backfill-rerun"] = plan["backfill"]
+    return plan, changes
+
+
+def run_step(tool: str, step: str, plan: dict[str, Step], root: Path, attempt: int,
+             profile: Path | None = None) -> tuple[float, float]:
+    """One run of a step in its own process, in the workdir of this repeat: full and backfill
+    start empty, incremental from a copy of the fully synced state, the rest where the step
+    before them left off."""
+    source, partitions, _, kind = plan[step]
+    workdir = root / tool / f"{kind}-{attempt}"
+    if step in ("full", "backfill", "incremental"):
+        shutil.rmtree(workdir, ignore_errors=True)
+    if step == "incremental":
+        shutil.copytree(root / tool / f"full-{attempt}", workdir)
+    return measure(tool, step, workdir, source, partitions, profile)
+
+
+def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
+               days: float = 365) -> dict:
+    plan, changes = prepare(rows, root, days)
     cases = []
     for tool in tools:
         steps = TOOL_STEPS[tool]
@@ -138,14 +174,7 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
         rss: dict[str, list[float]] = {step: [] for step in steps}
         for attempt in range(repeat):
             for step in steps:
-                source, partitions, _, kind = plan[step]
-                workdir = root / tool / f"{kind}-{attempt}"
-                if step in ("full", "backfill"):
-                    shutil.rmtree(workdir, ignore_errors=True)
-                if step == "incremental":  # from a copy of the fully synced state
-                    shutil.rmtree(workdir, ignore_errors=True)
-                    shutil.copytree(root / tool / f"full-{attempt}", workdir)
-                wall, peak = measure(tool, step, workdir, source, partitions)
+                wall, peak = run_step(tool, step, plan, root, attempt)
                 walls[step].append(wall)
                 rss[step].append(peak)
                 print(f"  {rows:>9} {tool:<13} {step:<15} run {attempt + 1}: {wall:8.2f} s "
@@ -154,14 +183,26 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
             median = statistics.median(walls[step])
             cases.append({"tool": tool, "step": step, "outputs": OUTPUTS[tool],
                           "runs": len(walls[step]), "wall_s_median": round(median, 3),
-                          "rows": plan[step][2],
-                          "rows_per_s": round(plan[step][2] / median, 1) if median else None,
+                          "rows": plan[step].rows,
+                          "rows_per_s": round(plan[step].rows / median, 1) if median else None,
                           "peak_rss_mb": round(max(rss[step]), 1),
-                          "partitions": plan[step][1]})
+                          "partitions": plan[step].partitions})
     add_ratios(cases)
     return {"machine": machine(), "source_rows": rows, "source_days": days,
-            "churn": changes | {
-        "updated_at": str(changes["updated_at"])}, "cases": cases}
+            "churn": changes | {"updated_at": str(changes["updated_at"])}, "cases": cases}
+
+
+def profile_size(rows: int, root: Path, out: Path, days: float = 365) -> list[Path]:
+    """Each countysync step once under pyinstrument, on the benchmark's data: where the time
+    goes, as text reports ``out/profiles/<rows>-<step>.txt`` (times there are the profiler's,
+    not the benchmark's)."""
+    plan, _ = prepare(rows, root, days)
+    reports = []
+    for step in TOOL_STEPS["countysync"]:
+        report = out / "profiles" / f"{rows}-{step}.txt"
+        run_step("countysync", step, plan, root, 0, profile=report)
+        reports.append(report)
+    return reports
 
 
 def add_ratios(cases: list[dict]) -> None:
@@ -224,9 +265,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--report", action="store_true",
                         help="only print the tables of the latest results in --out")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, profile each countysync step once with "
+                        "pyinstrument: reports in --out/profiles/")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
+        return 0
+    if args.profile:
+        with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
+            for rows in sorted(args.sizes):
+                for path in profile_size(rows, Path(scratch) / str(rows), args.out, args.days):
+                    print(path)
         return 0
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     args.out.mkdir(parents=True, exist_ok=True)

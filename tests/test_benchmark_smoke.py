@@ -34,3 +34,13 @@ def test_report_shows_how_each_case_grows_with_the_table(tmp_path):
     for result in (small, large):
         (tmp_path / f"latest-{result['source_rows']}.json").write_text(json.dumps(result))
     assert "| countysync | incremental | 2.00 → 3.00 | 1.5x | 300 → 310 |" in report(tmp_path)
+
+
+def test_profile_writes_a_report_for_every_countysync_step(tmp_path):
+    out = tmp_path / "results"
+    assert main(["--profile", "--sizes", "300", "--days", "8", "--out", str(out),
+                 "--workdir", str(tmp_path)]) == 0
+    for step in TOOL_STEPS["countysync"]:
+        text = (out / "profiles" / f"300-{step}.txt").read_text()
+        assert "benchmarks.case" in text and "case_countysync.py" in text, text[:500]
+    assert not list(out.glob("*.json"))  # profiling is not a result

@@ -6,6 +6,7 @@ from contextlib import closing
 import geopandas as gpd
 import pandas as pd
 import pyogrio
+import pytest
 import shapely
 from io_contexts import input_context, logged, output_context
 
@@ -117,3 +118,31 @@ def test_no_staging_files_are_left_behind(tmp_path):
     write(manager, "2026-05-28", [(1, "a", "2026-05-28 01:00", 0)])
     write(manager, "2026-05-28", [(1, "b", "2026-05-28 02:00", 0)])
     assert [p.name for p in tmp_path.iterdir()] == ["geo_db.gpkg"]
+
+
+def test_a_time_in_the_last_half_millisecond_stays_in_its_minute_and_can_be_updated(tmp_path):
+    """GDAL rounds to milliseconds, so 01:59:59.9997 would be stored as "01:59:60.000", which
+    no reader parses and which no later version could ever replace. It is kept as 59.999."""
+    manager = GeoPackageIOManager(export_dir=str(tmp_path))
+    write(manager, "2026-05-28", [(1, "a", "2026-05-28 01:59:59.999700", 0),
+                                  (2, "b", "2026-05-28 23:59:59.999999", 500)])
+    with closing(sqlite3.connect(tmp_path / "geo_db.gpkg")) as conn:
+        stored = [row[0] for row in conn.execute("SELECT updated_at FROM parcels ORDER BY id")]
+    assert stored == ["2026-05-28T01:59:59.999Z", "2026-05-28T23:59:59.999Z"]
+    assert pd.api.types.is_datetime64_any_dtype(layer(tmp_path)["updated_at"])  # readable
+    metadata = write(manager, "2026-05-28", [(1, "a2", "2026-05-28 02:00:00.000100", 0)])
+    assert metadata["gpkg_rows_updated"] == 1
+    assert layer(tmp_path)["name"].tolist() == ["a2", "b"]
+
+
+def test_a_feature_stored_with_an_unreadable_time_is_replaced_by_the_next_version(tmp_path):
+    """A layer written before the fix above holds "…:60.000Z"; the next sync repairs it."""
+    pyogrio.write_dataframe(parcels([(1, "a", "2026-05-28 01:59:59.9997", 0)]),
+                            tmp_path / "geo_db.gpkg", layer="parcels", use_arrow=True)
+    with pytest.warns(UserWarning, match="Error parsing datetimes"):  # as readers find it
+        assert layer(tmp_path)["updated_at"].tolist() == ["2026-05-28T01:59:60Z"]
+    manager = GeoPackageIOManager(export_dir=str(tmp_path))
+    metadata = write(manager, "2026-05-28", [(1, "a2", "2026-05-28 02:00", 0)])
+    assert metadata["gpkg_rows_updated"] == 1
+    assert layer(tmp_path)["name"].tolist() == ["a2"]
+    assert_spatial_index_matches(tmp_path)

@@ -42,7 +42,17 @@ from countysync_assets.io_managers.sqlite_io_manager import to_rows, upsert_clau
 
 GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
 # GDAL stores GeoPackage datetimes with milliseconds and drops ".000": normalize to compare.
-GPKG_TIME = "strftime('%Y-%m-%dT%H:%M:%f', {})"
+# A value SQLite cannot read (second 60, written before milliseconds were floored) counts as
+# the oldest, so the next version of that feature replaces it.
+GPKG_TIME = "coalesce(strftime('%Y-%m-%dT%H:%M:%f', {}), '')"
+
+
+def floor_to_milliseconds(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Datetimes floored to the milliseconds GeoPackage keeps. GDAL's Arrow writer rounds
+    instead (GDAL 3.12): 01:59:59.9997 would be stored as 01:59:60.000, which readers
+    cannot parse and the newer-wins merge cannot compare."""
+    times = [c for c, dtype in frame.dtypes.items() if pd.api.types.is_datetime64_any_dtype(dtype)]
+    return frame.assign(**{c: frame[c].dt.floor("ms") for c in times}) if times else frame
 
 
 def _envelope(blob: bytes) -> tuple[float, float, float, float]:
@@ -85,8 +95,8 @@ class GeoPackageIOManager(FormatIOManager):
         temp = temp_sibling(path)
         try:
             pyogrio.write_dataframe(
-                obj, temp, layer=layer, driver="GPKG", promote_to_multi=True,
-                geometry_type="MultiPolygon", use_arrow=True,
+                floor_to_milliseconds(obj), temp, layer=layer, driver="GPKG",
+                promote_to_multi=True, geometry_type="MultiPolygon", use_arrow=True,
             )
             if path.exists():
                 staged = self._stage_merge(path, temp, layer, list(obj.columns), keys, cursor)

@@ -5,9 +5,11 @@ For each source size: a demo source, then for each tool (countysync, the seeds' 
 dlt) and step (full, incremental after 1% churn, backfill of 30 daily partitions and its
 rerun; for countysync also the delete check that removes the churn's deletes, which the
 peers' incremental steps do not: dlt's merge keeps deleted rows, the seeds replace whole
-tables) the median wall time of ``--repeat`` runs, rows/s and peak RSS, each run in its own
-process. Prints a table and writes ``benchmarks/results/<timestamp>-<rows>.json`` and
-``latest-<rows>.json`` (``latest.json``: the largest size of the newest run).
+tables; for countysync and dlt also an incremental sync of the same 1,000 changed rows at
+every size, which should not grow with the table) the median wall time of ``--repeat``
+runs, rows/s and peak RSS, each run in its own process. Prints a table and writes
+``benchmarks/results/<timestamp>-<rows>.json`` and ``latest-<rows>.json`` (``latest.json``:
+the largest size of the newest run).
 
 ``python -m benchmarks --profile --sizes 100000`` runs each countysync step once under
 pyinstrument instead and writes where the time goes to ``benchmarks/results/profiles/``.
@@ -34,10 +36,11 @@ from countysync_assets.demo_source import churn, create_demo_source
 from countysync_assets.partitions import PARTITIONS
 
 TOOLS = ("countysync", "seeds-pandas", "dlt")
-STEPS = ("full", "incremental", "delete-check", "backfill", "backfill-rerun")
+STEPS = ("full", "incremental", "delete-check", "incremental-1000", "backfill",
+         "backfill-rerun")
 TOOL_STEPS = {"countysync": STEPS,
               "seeds-pandas": ("full", "incremental", "backfill", "backfill-rerun"),
-              "dlt": ("full", "incremental", "backfill", "backfill-rerun")}
+              "dlt": ("full", "incremental", "incremental-1000", "backfill", "backfill-rerun")}
 OUTPUTS = {
     "countysync": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
                    "geojson", "use_code_summary"],
@@ -46,6 +49,9 @@ OUTPUTS = {
     "dlt": ["working (sqlite)", "stats (sqlite)"],  # dlt has no GeoPackage/GeoJSON output
 }
 CHURN = {"updates": 0.008, "inserts": 0.001, "deletes": 0.001}  # 1% of rows
+# the same 1,000 changed rows at every size (1% where the table is smaller than 100,000):
+# an incremental sync should cost what the change costs, however big the table
+FIXED_CHURN = {"updates": 800, "inserts": 100, "deletes": 100}
 
 
 def machine() -> dict:
@@ -60,9 +66,11 @@ def machine() -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip() or None
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpu": cpu, "cpus": os.cpu_count(), "memory_gb": round(memory_kb / 2**20, 1),
-            "versions": versions}
+            "versions": versions, "countysync_commit": commit}
 
 
 def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,
@@ -121,20 +129,29 @@ class Step(NamedTuple):
 
 
 def prepare(rows: int, root: Path, days: float) -> tuple[dict[str, Step], dict]:
-    """The source, a copy of it after 1% churn, and what each step reads; and the churn."""
+    """The source, copies of it after 1% and after 1,000 rows of churn, and what each step
+    reads; and the 1% churn."""
     base = root / f"source-{rows}.sqlite"
-    churned = root / f"source-{rows}-churned.sqlite"
-    url, churned_url = f"sqlite:///{base}", f"sqlite:///{churned}"
+    url = f"sqlite:///{base}"
     create_demo_source(url, rows=rows, seed=42, days=days)
-    shutil.copy(base, churned)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         synced_until = datetime.fromisoformat(conn.execute(sa.text(
             'SELECT max(updated_at) FROM "MasterParcels"')).scalar())
     engine.dispose()
-    changes = churn(churned_url, seed=7, **{k: max(1, int(rows * v)) for k, v in CHURN.items()})
+
+    def churned(name: str, counts: dict[str, int]) -> tuple[str, dict, str]:
+        """A copy of the source after ``counts`` changes: (url, the churn, partitions)."""
+        shutil.copy(base, root / f"source-{rows}-{name}.sqlite")
+        copy_url = f"sqlite:///{root / f'source-{rows}-{name}.sqlite'}"
+        return (copy_url, churn(copy_url, seed=7, **counts),
+                "...".join(partition_range(copy_url, newer_than=synced_until)))
+
+    churned_url, changes, touched = churned(
+        "churned", {k: max(1, int(rows * v)) for k, v in CHURN.items()})
+    fixed_url, fixed, fixed_touched = churned(
+        "churned-1000", {k: max(1, min(v, int(rows * CHURN[k]))) for k, v in FIXED_CHURN.items()})
     full_range = partition_range(url)
-    touched = "...".join(partition_range(churned_url, newer_than=synced_until))
     keys = PARTITIONS.get_partition_keys()
     last = keys.index(full_range[1])
     backfill = (keys[max(0, last - 29)], keys[last])
@@ -144,6 +161,8 @@ def prepare(rows: int, root: Path, days: float) -> tuple[dict[str, Step], dict]:
                             "incremental"),
         # every key on both sides is compared: the rows it reads are the whole table
         "delete-check": Step(churned_url, touched, rows + changes["inserted"], "incremental"),
+        "incremental-1000": Step(fixed_url, fixed_touched, fixed["updated"] + fixed["inserted"],
+                                 "incremental-1000"),
         "backfill": Step(url, "...".join(backfill), rows_between(url, *backfill), "backfill"),
     }
     plan["backfill-rerun"] = plan["backfill"]
@@ -153,13 +172,13 @@ def prepare(rows: int, root: Path, days: float) -> tuple[dict[str, Step], dict]:
 def run_step(tool: str, step: str, plan: dict[str, Step], root: Path, attempt: int,
              profile: Path | None = None) -> tuple[float, float]:
     """One run of a step in its own process, in the workdir of this repeat: full and backfill
-    start empty, incremental from a copy of the fully synced state, the rest where the step
-    before them left off."""
+    start empty, the incremental steps from a copy of the fully synced state, the rest where
+    the step before them left off."""
     source, partitions, _, kind = plan[step]
     workdir = root / tool / f"{kind}-{attempt}"
-    if step in ("full", "backfill", "incremental"):
+    if step in ("full", "backfill") or step.startswith("incremental"):
         shutil.rmtree(workdir, ignore_errors=True)
-    if step == "incremental":
+    if step.startswith("incremental"):
         shutil.copytree(root / tool / f"full-{attempt}", workdir)
     return measure(tool, step, workdir, source, partitions, profile)
 

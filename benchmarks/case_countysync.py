@@ -1,7 +1,8 @@
 """countysync's way, through Dagster on a real instance (the case's ``$DAGSTER_HOME``).
 
-full, incremental: the change sensor's ticks and the runs they request until it asks for
-nothing more (a change set above its row limit comes as bounded range runs, one per tick).
+full, incremental, incremental-1000: the change sensor's ticks and the runs they request
+until it asks for nothing more (a change set above its row limit comes as bounded range runs,
+one per tick).
 delete-check: the nightly job that removes the parcels the churn deleted (a cursor never sees
 a delete). backfill, backfill-rerun: one single-run backfill of the sync job over the range.
 """
@@ -16,12 +17,13 @@ from countysync_assets.sensors.in_process import InProcessSync
 
 def run(step: str, workdir: Path, source_url: str, partitions: str) -> None:
     cursor_file = workdir / "sensor_cursor.json"
-    cursor = cursor_file.read_text() if step in ("incremental", "delete-check") else None
+    synced = step.startswith("incremental") or step == "delete-check"  # after a full sync
+    cursor = cursor_file.read_text() if synced else None
     sync = InProcessSync(MasterParcelsSource(url=source_url), workdir / "exports",
                          DagsterInstance.get(), cursor)
     if step == "delete-check":
         assert sync.reconcile(), "countysync delete check failed"
-    elif step in ("full", "incremental"):
+    elif step == "full" or step.startswith("incremental"):
         assert sync.catch_up(), f"countysync {step} failed"
         cursor_file.write_text(sync.cursor)
     else:

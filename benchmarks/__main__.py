@@ -196,7 +196,7 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
                 wall, peak = run_step(tool, step, plan, root, attempt)
                 walls[step].append(wall)
                 rss[step].append(peak)
-                print(f"  {rows:>9} {tool:<13} {step:<15} run {attempt + 1}: {wall:8.2f} s "
+                print(f"  {rows:>9} {tool:<13} {step:<16} run {attempt + 1}: {wall:8.2f} s "
                       f"{peak:8.0f} MB", flush=True)
         for step in steps:
             median = statistics.median(walls[step])

@@ -207,7 +207,8 @@ class SQLiteIOManager(FormatIOManager):
         one transaction. Logged in ``sync_log`` when it deletes or records something."""
         path = export_path(self.export_dir, metadata.get(SQLITE_DB) or f"{asset}.sqlite")
         if tombstones is None and not path.exists():
-            return StagedWrite(f"{path.name}:{asset} deletes", metadata={})
+            return StagedWrite(f"{path.name}:{asset} deletes",
+                               metadata={f"deleted_from_{asset}": 0})
         started = time.monotonic()
         conn = open_sqlite(path)
         try:

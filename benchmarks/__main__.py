@@ -66,11 +66,21 @@ def machine() -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip() or None
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpu": cpu, "cpus": os.cpu_count(), "memory_gb": round(memory_kb / 2**20, 1),
-            "versions": versions, "countysync_commit": commit}
+            "versions": versions, "countysync_commit": measured_commit()}
+
+
+def measured_commit() -> str | None:
+    """The commit measured, with ``-dirty`` if its code (not its results) was changed."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parents[1]).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    changed = git("status", "--porcelain", "--", "countysync_assets", "benchmarks/*.py",
+                  "pyproject.toml")
+    return (commit + ("-dirty" if changed else "")) or None
 
 
 def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the SQL Server path needs: unixODBC (pyodbc loads libodbc) and the FreeTDS
-# ODBC driver. Installed only when missing, and only where we may (root with apt-get).
+# Debian packages the tests need: unixODBC (pyodbc loads libodbc) and the FreeTDS ODBC driver
+# for the SQL Server path, and Chromium to look at the Dagster UI as a person would. Installed
+# only when missing, and only where we may (root with apt-get).
 set -euo pipefail
 needed=()
-for package in unixodbc tdsodbc; do
+for package in unixodbc tdsodbc chromium; do
   dpkg -s "$package" >/dev/null 2>&1 || needed+=("$package")
 done
 [ ${#needed[@]} -eq 0 ] && exit 0
@@ -11,5 +12,5 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
 else
-  echo "note: install ${needed[*]} (Debian/Ubuntu) for the SQL Server (pyodbc) tests" >&2
+  echo "note: install ${needed[*]} (Debian/Ubuntu) for the SQL Server and browser tests" >&2
 fi

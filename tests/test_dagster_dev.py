@@ -1,8 +1,11 @@
 """The Dagster UI, for real: ``dagster dev`` on workspace.yaml with a persistent DAGSTER_HOME,
-driven through the GraphQL API the UI itself uses. A sync started there must just work."""
+driven through the GraphQL API the UI itself uses, and looked at in headless Chromium. A sync
+started there must just work."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AS_OF, FIRST_KEY, LAST_KEY
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, skip_or_fail_in_ci
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
@@ -151,6 +154,34 @@ def test_backfill_launched_like_the_ui_syncs_every_output_and_a_rerun_changes_no
     before = snapshot(exports)
     backfill_and_wait(url, keys, home)
     assert snapshot(exports) == before
+
+
+def rendered(url: str, profile: Path, screenshot: Path) -> str:
+    """The page as a person's browser shows it: headless Chromium runs the UI's JavaScript and
+    its GraphQL queries before the DOM is read; a screenshot is kept for whoever debugs."""
+    browser = [shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-quic", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+               "--window-size=1400,900", "--virtual-time-budget=20000"]
+    subprocess.run([*browser, f"--screenshot={screenshot}", url], capture_output=True,
+                   timeout=180, check=True)
+    page = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True,
+                          timeout=180, check=True)
+    return page.stdout
+
+
+def test_a_person_opening_the_ui_sees_every_asset_and_the_last_sync(dagster_dev, tmp_path):
+    if not shutil.which("chromium"):
+        skip_or_fail_in_ci("Chromium is not installed (Debian package chromium)")
+    base = dagster_dev.url.removesuffix("/graphql")
+    catalog = rendered(f"{base}/assets", tmp_path / "browser", tmp_path / "assets.png")
+    assert (tmp_path / "assets.png").stat().st_size > 10_000
+    for asset in ASSETS:
+        assert re.search(rf"\b{asset}\b", catalog), f"{asset} is not in the asset catalog"
+    working = rendered(f"{base}/assets/working", tmp_path / "browser", tmp_path / "working.png")
+    assert "owner of record" in working  # the column schema, as the asset describes it
+    # the latest materialization's metadata: where the rows went and what changed
+    assert "working_db.sqlite" in working and "sqlite_rows_inserted" in working
 
 
 def test_change_sensor_runs_by_default_and_ticks(dagster_dev):

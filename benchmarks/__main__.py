@@ -88,11 +88,12 @@ def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,
     """(wall seconds of the work, peak RSS in MB of its process). With ``profile``, the case
     runs under pyinstrument, which writes its text report there (and slows the run)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "benchmarks.case", tool, step, str(workdir), url, partitions]
+    profiler = []
     if profile:
         profile.parent.mkdir(parents=True, exist_ok=True)
-        command[1:3] = ["-m", "pyinstrument", "-r", "text", "--no-color", "-o", str(profile),
-                        "-m", "benchmarks.case"]
+        profiler = ["-m", "pyinstrument", "-r", "text", "--no-color", "-o", str(profile)]
+    command = [sys.executable, *profiler, "-m", "benchmarks.case", tool, step, str(workdir), url,
+               partitions]
     with open(workdir / f"{tool}-{step}.log", "w") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
                                    cwd=Path(__file__).parents[1])

@@ -16,9 +16,8 @@ from countysync_assets.sensors.in_process import InProcessSync
 
 
 def run(step: str, workdir: Path, source_url: str, partitions: str) -> None:
-    cursor_file = workdir / "sensor_cursor.json"
-    synced = step.startswith("incremental") or step == "delete-check"  # after a full sync
-    cursor = cursor_file.read_text() if synced else None
+    cursor_file = workdir / "sensor_cursor.json"  # there when the workdir was fully synced
+    cursor = cursor_file.read_text() if cursor_file.exists() else None
     sync = InProcessSync(MasterParcelsSource(url=source_url), workdir / "exports",
                          DagsterInstance.get(), cursor)
     if step == "delete-check":

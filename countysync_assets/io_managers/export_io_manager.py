@@ -21,6 +21,7 @@ from countysync_assets.io_managers.format_io_manager import (
     FORMATS,
     SUPERSEDES,
     FormatIOManager,
+    removals,
 )
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
 from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
@@ -79,9 +80,9 @@ def removals_from_others(
     another removes the older versions of its ids there, so a parcel whose geometry is fixed
     leaves geometry_rejects and one whose geometry breaks leaves the GeoPackage."""
     for name, metadata in (definition_metadata.get(DELETES_FROM) or {}).items():
-        yield name, metadata, obj[["id", "deleted_at"]].set_axis(["id", "as_of"], axis=1), obj
+        yield name, metadata, removals(obj, "deleted_at"), obj
     for name, metadata in (definition_metadata.get(SUPERSEDES) or {}).items():
-        yield name, metadata, obj[["id", "updated_at"]].set_axis(["id", "as_of"], axis=1), None
+        yield name, metadata, removals(obj, "updated_at"), None
 
 
 class ExportIOManager(ConfigurableIOManager):
@@ -115,12 +116,12 @@ class ExportIOManager(ConfigurableIOManager):
         chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
         staged = []
         try:
-            for name, metadata, removals, tombstones in removals_from_others(
+            for name, metadata, ids, tombstones in removals_from_others(
                     context.definition_metadata or {}, obj):
                 for fmt in self.formats_of(name, metadata):
                     if fmt in LOADABLE:
                         staged.append(self.manager(fmt).stage_delete(
-                            name, metadata, removals, context.run_id, tombstones))
+                            name, metadata, ids, context.run_id, tombstones))
             for fmt in chosen:
                 staged.append(self.manager(fmt).stage(context, obj))
         except BaseException:

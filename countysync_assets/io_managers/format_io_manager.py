@@ -48,6 +48,12 @@ def input_window(context: InputContext) -> TimeWindow | None:
     return context.asset_partitions_time_window
 
 
+def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:
+    """What ``stage_delete`` takes: each id, and the version (its ``as_of`` column) up to
+    which a stored row of that id goes."""
+    return frame[["id", as_of]].set_axis(["id", "as_of"], axis=1)
+
+
 class FormatIOManager(ConfigurableIOManager):
     """Writes an asset in one format under ``export_dir``."""
 

@@ -3,7 +3,7 @@ the delete check (key reconciliation, then the county-wide summary it changes)."
 
 from dagster import AssetSelection, define_asset_job
 
-RECONCILE = AssetSelection.assets("deleted_parcels")
+RECONCILE = AssetSelection.assets("deleted_parcels", "unplaced_parcels")
 
 sync_job = define_asset_job(
     "sync_parcels",

@@ -5,7 +5,7 @@ import sqlite3
 from contextlib import closing
 
 import pytest
-from conftest import FIRST_KEY, execute, keyless_copy, materialize_range
+from conftest import FIRST_KEY, execute, materialize_range
 from output_checks import (
     assert_outputs_match_source,
     partition_keys,
@@ -56,22 +56,6 @@ def test_missing_column_fails_clearly_and_keeps_outputs(synced, instance):
     message = failure_message(result)
     assert "Column 'parcel_key' is not in table 'MasterParcels'" in message
     assert "COUNTYSYNC_SOURCE_KEY_COLUMN" in message
-    assert snapshot(exports) == before
-
-
-@pytest.mark.parametrize(("breakage", "expected"), [
-    ('INSERT INTO "{table}" SELECT * FROM "{table}" WHERE id = 42',
-     ["2 rows sharing 1 id(s)", "[42]", "No output was changed"]),
-    ('UPDATE "{table}" SET id = NULL WHERE id = 7', ["have no id (NULL)", "parcel_id"]),
-], ids=["duplicate-id", "null-id"])
-def test_broken_keys_fail_clearly_and_keep_outputs(synced, instance, breakage, expected):
-    url, exports, before = synced
-    table = keyless_copy(url)
-    execute(url, breakage.format(table=table))
-    result = materialize_range(MasterParcelsSource(url=url, table=table, srid=2286), exports,
-                               instance, raise_on_error=False)
-    message = failure_message(result)
-    assert all(part in message for part in expected), message
     assert snapshot(exports) == before
 
 
@@ -150,16 +134,3 @@ def test_password_never_reaches_logs_metadata_or_files(pg_database_url, tmp_path
     for path in exports.rglob("*"):
         if path.is_file():
             assert b"Tr1cky-Secret" not in path.read_bytes(), path
-
-
-def test_negative_assessed_value_fails_the_stats_type_check_only(synced, instance):
-    url, exports, before = synced
-    execute(url, 'UPDATE "MasterParcels" SET assessed_value = -5, updated_at = :t WHERE id = 9',
-            t="2026-05-31 23:59:59.999999")
-    result = materialize_range(MasterParcelsSource(url=url), exports, instance,
-                               raise_on_error=False)
-    assert "assessed_value" in failure_message(result)
-    after = snapshot(exports)
-    assert after["stats_db.sqlite:stats"] == before["stats_db.sqlite:stats"]
-    working = dict((row[0], row[-1]) for row in after["working_db.sqlite:working"])
-    assert working[9] == "2026-05-31T23:59:59.999999+00:00"  # the working set still synced

@@ -18,7 +18,8 @@ from countysync_assets.resources.master_parcels_source import MasterParcelsSourc
 
 
 def reconcile(url, exports, instance):
-    result = materialize(all_assets, selection=["deleted_parcels"], instance=instance,
+    result = materialize(all_assets, selection=["deleted_parcels", "unplaced_parcels"],
+                         instance=instance,
                          resources={"source": MasterParcelsSource(url=url),
                                     "io_manager": ExportIOManager(export_dir=str(exports))})
     assert result.success

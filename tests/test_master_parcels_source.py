@@ -94,11 +94,15 @@ def test_missing_column_names_it_and_lists_the_columns(demo_url):
     assert "updated_at" in message and "COUNTYSYNC_SOURCE_CURSOR_COLUMN" in message
 
 
-def test_null_keys_stop_the_extract_with_the_rows_named(demo_url):
+def test_rows_without_a_key_are_left_to_key_reconciliation(demo_url):
+    """A NULL key cannot be paged past or merged: the window extract passes over it (the
+    rest of the window still syncs) and ``iter_unplaced`` lists it."""
     table = keyless_copy(demo_url)
     execute(demo_url, f'UPDATE "{table}" SET id = NULL WHERE id = 5')
-    with pytest.raises(SourceError, match=r"have no id \(NULL\).*parcel_id"):
-        extract(MasterParcelsSource(url=demo_url, table=table, srid=2286))
+    source = MasterParcelsSource(url=demo_url, table=table, srid=2286)
+    assert len(extract(source)) == 1_999
+    unplaced = pd.concat(source.iter_unplaced(datetime(2027, 1, 1, tzinfo=UTC)))
+    assert unplaced["id"].tolist() == [None] and len(unplaced["parcel_id"].iloc[0]) > 0
 
 
 def test_srid_comes_from_config_or_geometry_columns(demo_url):

@@ -1,19 +1,30 @@
-"""``master_parcels``: the rows of the master table changed in the partition's time window.
+"""``master_parcels``: the rows of the master table changed in the partition's time window, and
+``parcel_rejects``: those of them that cannot be published, with the reasons.
 
 Read from the source in keyset-paginated batches, renamed to the canonical key/cursor/geometry
-names, checked for duplicate keys, and kept as the raw current-state mirror (``raw_db.sqlite``)
-that ``working``, ``stats`` and ``parcel_geometry`` read their window from.
+names and checked row by row (``row_checks``). The good rows are kept as the raw current-state
+mirror (``raw_db.sqlite``) that ``working``, ``stats`` and ``parcel_geometry`` read their window
+from; a rejected row leaves every output (its earlier version would be stale) until the master
+table fixes it, and a fixed row leaves ``parcel_rejects``.
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, BackfillPolicy, Failure, Output, asset
+from dagster import AssetExecutionContext, AssetOut, BackfillPolicy, Output, multi_asset
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
     PARCEL_COLUMNS,
+    parcel_columns,
     storage_metadata,
+    where_stored,
     window_metadata,
 )
+from countysync_assets.assets.parcel_geometry import GEOMETRY_STORAGE
+from countysync_assets.assets.parcel_geometry import REJECTS_STORAGE as GEOMETRY_REJECTS
+from countysync_assets.assets.row_checks import check_rows
+from countysync_assets.assets.stats import STORAGE as STATS_STORAGE
+from countysync_assets.assets.working import STORAGE as WORKING_STORAGE
+from countysync_assets.io_managers.format_io_manager import SUPERSEDES
 from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN, MasterParcelsSource
 
@@ -22,32 +33,55 @@ COLUMNS = {
     "geometry": "geometry: parcel boundary as stored (WKT, or WKB from SQL Server)",
     SRID_COLUMN: "integer: EPSG code of the geometry",
 }
+REJECT_COLUMNS = {
+    "id": "string: the row's key as the source holds it (a bad key may be text)",
+    **parcel_columns("parcel_id"),
+    "updated_at": "timestamp: last change (UTC); the window's end where it could not be read",
+    "reason": "string: every problem found in the row, with the value, separated by '; '",
+}
+RAW_STORAGE = storage_metadata(COLUMNS, ["sqlite"], sqlite_db="raw_db.sqlite")
+REJECTS_STORAGE = storage_metadata(REJECT_COLUMNS, ["sqlite", "csv"],
+                                   sqlite_db="rejects_db.sqlite")
+# Where the rows of this window are published: a rejected row's earlier version leaves each.
+PUBLISHED = {"master_parcels": RAW_STORAGE, "working": WORKING_STORAGE, "stats": STATS_STORAGE,
+             "parcel_geometry": GEOMETRY_STORAGE, "geometry_rejects": GEOMETRY_REJECTS}
 
 
-@asset(
+@multi_asset(
+    outs={
+        "master_parcels": AssetOut(
+            description="Rows of the MasterParcels table whose updated_at falls in the window "
+            "and that passed the row checks (raw_db.sqlite).",
+            kinds={"sql", "pandas", "sqlite"},
+            metadata={**RAW_STORAGE,
+                      SUPERSEDES: {"parcel_rejects": where_stored(REJECTS_STORAGE)}},
+        ),
+        "parcel_rejects": AssetOut(
+            description="Rows of the window that cannot be published, with every reason "
+            "(rejects_db.sqlite table parcel_rejects, CSV per window). Fix them in the "
+            "master table: the next sync publishes them and removes them from here.",
+            kinds={"pandas", "sqlite", "csv"},
+            metadata={**REJECTS_STORAGE, SUPERSEDES: {
+                name: where_stored(storage) for name, storage in PUBLISHED.items()}},
+        ),
+    },
     partitions_def=PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
-    kinds={"sql", "pandas", "sqlite"},
-    metadata=storage_metadata(COLUMNS, ["sqlite"], sqlite_db="raw_db.sqlite"),
-    description="Rows of the MasterParcels table whose updated_at falls in the window.",
 )
-def master_parcels(
-    context: AssetExecutionContext, source: MasterParcelsSource
-) -> Output[pd.DataFrame]:
+def master_parcels(context: AssetExecutionContext, source: MasterParcelsSource):
     window = context.partition_time_window
     frame = pd.concat(list(source.iter_changed_batches(window.start, window.end)),
                       ignore_index=True)
     frame = frame.rename(columns={source.key_column: "id", source.cursor_column: "updated_at",
                                   source.geometry_column: "geometry"})
-    duplicated = frame.loc[frame["id"].duplicated(keep=False), "id"]
-    if len(duplicated):
-        raise Failure(
-            f"The source has {len(duplicated)} rows sharing {duplicated.nunique()} id(s) between "
-            f"{window.start:%Y-%m-%d %H:%M} and {window.end:%Y-%m-%d %H:%M} UTC, e.g. "
-            f"{sorted(duplicated.unique().tolist())[:10]}. Each parcel row needs a unique "
-            f"{source.key_column}: fix the master table, then re-run this partition. "
-            "No output was changed."
-        )
+    good, rejects = check_rows(frame, window)
     context.log.info(f"Read {len(frame)} changed rows from {source.display_url()}.")
-    return Output(frame, metadata={**window_metadata(frame), "source": source.display_url()})
+    if len(rejects):
+        context.log.warning(
+            f"{len(rejects)} row(s) cannot be published and are listed in parcel_rejects "
+            f"(e.g. id {rejects['id'].iloc[0]}: {rejects['reason'].iloc[0]}).")
+    yield Output(good, output_name="master_parcels", metadata={
+        **window_metadata(good), "source": source.display_url(), "source_rows": len(frame),
+        "rejected_rows": len(rejects)})
+    yield Output(rejects, output_name="parcel_rejects", metadata=window_metadata(rejects))

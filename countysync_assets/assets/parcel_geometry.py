@@ -10,6 +10,7 @@ broken one leaves the GeoPackage layer (its old boundary would show stale attrib
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 import shapely
 from dagster import AssetExecutionContext, AssetOut, BackfillPolicy, Output, multi_asset
 
@@ -39,28 +40,64 @@ REJECTS_STORAGE = storage_metadata(REJECT_COLUMNS, ["sqlite", "csv"],
 
 
 def parse_geometry(raw: pd.Series) -> np.ndarray:
-    """Shapely geometries from WKT text or WKB bytes; None where a value cannot be parsed."""
-    present = raw.dropna()
+    """Shapely geometries from WKT text or WKB bytes, each value by its own kind (a table may
+    mix them); None where a value cannot be parsed."""
     values = raw.to_numpy(dtype=object)
-    if len(present) and isinstance(present.iloc[0], bytes | bytearray | memoryview):
-        return shapely.from_wkb(values, on_invalid="ignore")
-    return shapely.from_wkt(values, on_invalid="ignore")
+    binary = np.array([isinstance(v, bytes | bytearray | memoryview) for v in values], bool)
+    text = np.array([isinstance(v, str) for v in values], bool)
+    geometry = np.full(len(values), None, dtype=object)
+    geometry[binary] = shapely.from_wkb([bytes(v) for v in values[binary]], on_invalid="ignore")
+    geometry[text] = shapely.from_wkt(values[text], on_invalid="ignore")
+    return geometry
 
 
 def _parse_error(value: object) -> str:
     """The parser's own message for one value that failed (called for rejects only)."""
     try:
         if isinstance(value, bytes | bytearray | memoryview):
-            shapely.from_wkb(value, on_invalid="raise")
-        else:
+            shapely.from_wkb(bytes(value), on_invalid="raise")
+        elif isinstance(value, str):
             shapely.from_wkt(value, on_invalid="raise")
+        else:
+            return f"a {type(value).__name__} is neither WKT text nor WKB bytes"
     except shapely.errors.GEOSException as err:
         return str(err)
     return "unreadable"
 
 
-def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame, int]:
-    """(valid parcels, rejects with reasons, number of repaired geometries)."""
+def _not_finite(geometry: np.ndarray) -> np.ndarray:
+    """Which geometries have a NaN or infinite coordinate (make_valid would invent a shape)."""
+    coords, index = shapely.get_coordinates(geometry, return_index=True)  # x, y (Z is dropped)
+    bad = np.zeros(len(geometry), dtype=bool)
+    bad[index[~np.isfinite(coords).all(axis=1)]] = True
+    return bad
+
+
+def _outside_area(geometry: np.ndarray, srid: int | None) -> np.ndarray:
+    """Which geometries lie outside the area the CRS is defined for, by more than a tenth of its
+    size: lon/lat degrees or another CRS's numbers stored under this SRID."""
+    outside = np.zeros(len(geometry), dtype=bool)
+    area = pyproj.CRS.from_epsg(srid).area_of_use if srid else None
+    if area is None or not len(geometry):
+        return outside
+    crs_bounds = pyproj.Transformer.from_crs(4326, srid, always_xy=True).transform_bounds(
+        *area.bounds)
+    minx, miny, maxx, maxy = crs_bounds
+    margin_x, margin_y = (maxx - minx) / 10, (maxy - miny) / 10
+    bounds = shapely.bounds(geometry)
+    with np.errstate(invalid="ignore"):
+        outside = (bounds[:, 0] < minx - margin_x) | (bounds[:, 2] > maxx + margin_x) | \
+            (bounds[:, 1] < miny - margin_y) | (bounds[:, 3] > maxy + margin_y)
+    return outside & ~np.isnan(bounds[:, 0])
+
+
+def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame, dict]:
+    """(valid parcels, rejects with reasons, counts of repaired and 3-D geometries).
+
+    Kept out, with the reason: no geometry, unparseable, not a polygon, empty, another SRID,
+    a NaN or infinite coordinate, outside the CRS's area, invalid beyond repair. Changed,
+    and counted: invalid polygons repaired with ``make_valid``; Z values dropped (the layers
+    are 2-D)."""
     geometry = parse_geometry(frame["geometry"])
     srids = frame[SRID_COLUMN]
     srid = int(srids.mode().iloc[0]) if srids.notna().any() else None
@@ -77,10 +114,18 @@ def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame,
     reason[not_polygon] = [f"not a polygon ({g.geom_type})" for g in geometry[not_polygon]]
     empty = parsed & ~not_polygon & shapely.is_empty(geometry)
     reason[empty] = "empty geometry"
+    not_finite = reason.isna().to_numpy() & parsed & _not_finite(geometry)
+    reason[not_finite] = "a coordinate is NaN or infinite"
     other_srid = (srids.notna() & (srids != srid)).to_numpy() & reason.isna().to_numpy()
     reason[other_srid] = [f"SRID {int(s)} differs from the layer's EPSG:{srid}"
                           for s in srids[other_srid]]
+    far = reason.isna().to_numpy() & parsed & _outside_area(geometry, srid)
+    reason[far] = [f"lies outside the area EPSG:{srid} covers (bounds {_rounded(g)}): "
+                   "coordinates of another CRS, such as longitude/latitude?"
+                   for g in geometry[far]]
     usable = reason.isna().to_numpy()
+    three_d = usable & shapely.has_z(geometry)
+    geometry[three_d] = shapely.force_2d(geometry[three_d])
     invalid = usable & ~shapely.is_valid(geometry)
     repaired = geometry.copy()
     repaired[invalid] = shapely.make_valid(geometry[invalid], method="structure",
@@ -95,7 +140,12 @@ def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame,
     ).reset_index(drop=True)
     rejects = frame.loc[~usable, ["id", "parcel_id", "updated_at"]].assign(
         reason=reason[~usable]).reset_index(drop=True)
-    return parcels, rejects, int((invalid & ~collapsed).sum())
+    return parcels, rejects, {"repaired_geometries": int((invalid & ~collapsed).sum()),
+                              "z_dropped": int(three_d.sum())}
+
+
+def _rounded(geometry: object) -> str:
+    return ", ".join(f"{v:.6g}" for v in shapely.bounds(geometry))
 
 
 @multi_asset(
@@ -121,16 +171,17 @@ def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame,
     group_name=GROUP,
 )
 def parcel_geometry(context: AssetExecutionContext, master_parcels: pd.DataFrame):
-    parcels, rejects, repaired = clean_geometry(master_parcels)
+    parcels, rejects, changed = clean_geometry(master_parcels)
     if len(rejects):
         context.log.warning(
             f"{len(rejects)} parcel(s) kept out of parcel_geometry; see geometry_rejects "
             f"(e.g. id {rejects['id'].iloc[0]}: {rejects['reason'].iloc[0]})."
         )
-    if repaired:
-        context.log.info(f"Repaired {repaired} invalid geometries with make_valid.")
+    if changed["repaired_geometries"] or changed["z_dropped"]:
+        context.log.info(f"Repaired {changed['repaired_geometries']} invalid geometries with "
+                         f"make_valid; dropped the Z values of {changed['z_dropped']}.")
     yield Output(parcels, output_name="parcel_geometry", metadata={
-        **window_metadata(parcels), "repaired_geometries": repaired,
+        **window_metadata(parcels), **changed,
         "rejected_rows": len(rejects), "crs": str(parcels.crs),
     })
     yield Output(rejects, output_name="geometry_rejects", metadata=window_metadata(rejects))

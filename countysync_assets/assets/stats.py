@@ -15,6 +15,8 @@ from countysync_assets.partitions import PARTITIONS
 COLUMNS = parcel_columns("id", "use_code", "acres", "land_value", "improvement_value",
                          "assessed_value", "tax_year", "updated_at")
 
+STORAGE = storage_metadata(COLUMNS, ["sqlite", "csv"], sqlite_db="stats_db.sqlite")
+
 
 @asset(
     # only its own columns are read from raw_db.sqlite: never the geometry
@@ -24,7 +26,7 @@ COLUMNS = parcel_columns("id", "use_code", "acres", "land_value", "improvement_v
     group_name=GROUP,
     dagster_type=StatsFrame,
     kinds={"pandas", "sqlite", "csv"},
-    metadata=storage_metadata(COLUMNS, ["sqlite", "csv"], sqlite_db="stats_db.sqlite"),
+    metadata=STORAGE,
     description="Assessment figures of parcels changed in the window; stats_db.sqlite holds "
     "the merged current state, CSV one file per window.",
 )

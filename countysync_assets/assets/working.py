@@ -14,6 +14,9 @@ from countysync_assets.partitions import PARTITIONS
 
 COLUMNS = parcel_columns("id", "parcel_id", "owner", "use_code", "situs_address", "updated_at")
 
+STORAGE = storage_metadata(COLUMNS, ["sqlite", "csv", "json"],
+                           sqlite_db="working_db.sqlite")
+
 
 @asset(
     # only its own columns are read from raw_db.sqlite: never the geometry
@@ -23,7 +26,7 @@ COLUMNS = parcel_columns("id", "parcel_id", "owner", "use_code", "situs_address"
     group_name=GROUP,
     dagster_type=WorkingFrame,
     kinds={"pandas", "sqlite", "csv", "json"},
-    metadata=storage_metadata(COLUMNS, ["sqlite", "csv", "json"], sqlite_db="working_db.sqlite"),
+    metadata=STORAGE,
     description="Working set (owner, address, use code) of parcels changed in the window; "
     "working_db.sqlite holds the merged current state, CSV/JSON one file per window.",
 )

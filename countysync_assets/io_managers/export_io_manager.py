@@ -8,7 +8,9 @@ Inputs are loaded from the asset's first format that can load (SQLite or GeoPack
 """
 
 import json
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -26,6 +28,7 @@ from countysync_assets.io_managers.format_io_manager import (
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
 from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
 from countysync_assets.io_managers.json_io_manager import JsonIOManager
+from countysync_assets.io_managers.output_transactions import OutputTransactions, explain
 from countysync_assets.io_managers.publishing import asset_name
 from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
 
@@ -93,6 +96,9 @@ class ExportIOManager(ConfigurableIOManager):
         default_factory=dict, description="Formats per asset name, overriding the defaults."
     )
     gpkg_file_name: str = Field(default="geo_db.gpkg", description="GeoPackage file name.")
+    lock_wait_seconds: float = Field(
+        default=120, description="How long a write waits for another program's lock on an "
+        "output database (a desktop GIS editing it) before the run fails.")
 
     def formats_for(self, context: OutputContext | InputContext) -> list[str]:
         metadata = (context.upstream_output if isinstance(context, InputContext)
@@ -106,14 +112,31 @@ class ExportIOManager(ConfigurableIOManager):
         return list(metadata.get(FORMATS) or ["sqlite"])
 
     def manager(self, fmt: str) -> FormatIOManager:
+        settings = {"export_dir": self.export_dir, "lock_wait_seconds": self.lock_wait_seconds}
         if fmt == "gpkg":
-            return GeoPackageIOManager(export_dir=self.export_dir, file_name=self.gpkg_file_name)
-        return FORMAT_MANAGERS[fmt](export_dir=self.export_dir)
+            return GeoPackageIOManager(**settings, file_name=self.gpkg_file_name)
+        return FORMAT_MANAGERS[fmt](**settings)
+
+    def databases(self) -> list[Path]:
+        """Every database file an output may be written to."""
+        root = Path(self.export_dir)
+        return [*sorted(root.glob("*.sqlite")), root / self.gpkg_file_name]
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
-        # Transactions commit first: a GeoPackage commit can wait on a reader and time out,
-        # and until it succeeds nothing else has been published.
+        try:
+            self._publish(context, obj)
+        except (OSError, sqlite3.Error) as err:
+            clear = explain(err, asset_name(context), self.export_dir)
+            if clear is None:
+                raise
+            raise clear from None
+
+    def _publish(self, context: OutputContext, obj: Any) -> None:
+        # Transactions commit first (in the order formats are listed): should one fail,
+        # no file has been renamed into place yet.
         chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
+        files = OutputTransactions(self.lock_wait_seconds)
+        files.check_writable(self.databases())
         staged = []
         try:
             for name, metadata, ids, tombstones in removals_from_others(
@@ -121,9 +144,9 @@ class ExportIOManager(ConfigurableIOManager):
                 for fmt in self.formats_of(name, metadata):
                     if fmt in LOADABLE:
                         staged.append(self.manager(fmt).stage_delete(
-                            name, metadata, ids, context.run_id, tombstones))
+                            name, metadata, ids, context.run_id, files, tombstones))
             for fmt in chosen:
-                staged.append(self.manager(fmt).stage(context, obj))
+                staged.append(self.manager(fmt).stage(context, obj, files))
         except BaseException:
             for write in staged:
                 write.rollback()

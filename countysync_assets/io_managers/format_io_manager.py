@@ -12,6 +12,7 @@ import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext, TimeWindow
 from pydantic import Field
 
+from countysync_assets.io_managers.output_transactions import OutputTransactions
 from countysync_assets.io_managers.publishing import (
     StagedWrite,
     asset_name,
@@ -32,6 +33,8 @@ DELETES_FROM = "countysync/deletes_from"  # tombstone assets: the assets their i
 # parcel is in parcel_geometry or in geometry_rejects, as its current version decides)
 SUPERSEDES = "countysync/supersedes"
 FORMATS = "countysync/formats"  # the asset's default formats, e.g. ["sqlite", "csv"]
+# newer than any stored version: what a removal without a comparable time removes up to
+LATEST = pd.Timestamp.max.tz_localize("UTC").floor("us")
 
 
 def input_window(context: InputContext) -> TimeWindow | None:
@@ -50,28 +53,36 @@ def input_window(context: InputContext) -> TimeWindow | None:
 
 def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:
     """What ``stage_delete`` takes: each id, and the version (its ``as_of`` column) up to
-    which a stored row of that id goes."""
-    return frame[["id", as_of]].set_axis(["id", "as_of"], axis=1)
+    which a stored row of that id goes. Rows without a time to compare (``as_of`` not a
+    timestamp column) remove every stored version; rows without an id remove nothing."""
+    ids = frame[["id"]].assign(as_of=frame[as_of] if pd.api.types.is_datetime64_any_dtype(
+        frame[as_of]) else LATEST)
+    return ids[ids["id"].notna()].reset_index(drop=True)
 
 
 class FormatIOManager(ConfigurableIOManager):
     """Writes an asset in one format under ``export_dir``."""
 
     export_dir: str = Field(default="exports", description="Folder that holds every output.")
+    lock_wait_seconds: float = Field(
+        default=120, description="How long a write waits for another program's lock on an "
+        "output database before the run fails.")
 
-    def stage(self, context: OutputContext, obj: Any) -> StagedWrite:
-        """Write ``obj`` where no reader sees it yet; must clean up after itself on failure."""
+    def stage(self, context: OutputContext, obj: Any, files: OutputTransactions) -> StagedWrite:
+        """Write ``obj`` where no reader sees it yet; must clean up after itself on failure.
+        Database writes go through ``files``, one transaction per file."""
         raise NotImplementedError
 
     def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
-                     tombstones: pd.DataFrame | None = None) -> StagedWrite:
+                     files: OutputTransactions, tombstones: pd.DataFrame | None = None
+                     ) -> StagedWrite:
         """Remove from ``asset``'s current state (stores that hold one) each ``removals`` id
         (columns ``id``, ``as_of``) whose stored version is no newer than ``as_of``. Parcels
         deleted from the source also come as ``tombstones``, which the store keeps."""
         raise NotImplementedError(f"{type(self).__name__} holds no current state to delete from")
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
-        staged = self.stage(context, obj)
+        staged = self.stage(context, obj, OutputTransactions(self.lock_wait_seconds))
         try:
             staged.commit()
         except BaseException:
@@ -104,7 +115,8 @@ class PartitionedFileIOManager(FormatIOManager):
         """Write ``frame`` to ``temp``; it is renamed to ``final`` when the run commits."""
         raise NotImplementedError
 
-    def stage(self, context: OutputContext, obj: pd.DataFrame) -> StagedWrite:
+    def stage(self, context: OutputContext, obj: pd.DataFrame,
+              files: OutputTransactions) -> StagedWrite:
         name = asset_name(context)
         prepared = self.prepare(obj)
         if not context.has_asset_partitions:

@@ -29,13 +29,12 @@ from countysync_assets.io_managers.format_io_manager import (
     FormatIOManager,
     input_window,
 )
+from countysync_assets.io_managers.output_transactions import OutputTransactions
 from countysync_assets.io_managers.publishing import (
     StagedWrite,
-    abandon,
     asset_name,
     export_path,
     quote,
-    staged_transaction,
     temp_sibling,
 )
 from countysync_assets.io_managers.sqlite_io_manager import to_rows, upsert_clause
@@ -85,7 +84,8 @@ class GeoPackageIOManager(FormatIOManager):
         layer = metadata.get(GPKG_LAYER) or asset_name(context)
         return export_path(self.export_dir, self.file_name), layer
 
-    def stage(self, context: OutputContext, obj: gpd.GeoDataFrame) -> StagedWrite:
+    def stage(self, context: OutputContext, obj: gpd.GeoDataFrame,
+              files: OutputTransactions) -> StagedWrite:
         metadata = context.definition_metadata or {}
         keys = list(metadata.get(KEY_COLUMNS) or [])
         cursor = metadata.get(CURSOR_COLUMN)
@@ -99,7 +99,8 @@ class GeoPackageIOManager(FormatIOManager):
                 promote_to_multi=True, geometry_type="MultiPolygon", use_arrow=True,
             )
             if path.exists():
-                staged = self._stage_merge(path, temp, layer, list(obj.columns), keys, cursor)
+                staged = self._stage_merge(path, temp, layer, list(obj.columns), keys, cursor,
+                                           files)
             else:
                 staged = self._stage_new(path, temp, layer, keys)
         except BaseException:
@@ -111,6 +112,7 @@ class GeoPackageIOManager(FormatIOManager):
     @staticmethod
     def _stage_new(path: Path, temp: Path, layer: str, keys: list[str]) -> StagedWrite:
         with sqlite3.connect(temp) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
             if keys:
                 conn.execute(f"CREATE UNIQUE INDEX {quote(f'ux_{layer}_key')} ON {quote(layer)} "
                              f"({', '.join(quote(k) for k in keys)})")
@@ -124,12 +126,14 @@ class GeoPackageIOManager(FormatIOManager):
 
     @staticmethod
     def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
-                     keys: list[str], cursor: str | None) -> StagedWrite:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
-        try:
+                     keys: list[str], cursor: str | None, files: OutputTransactions
+                     ) -> StagedWrite:
+        def attach(conn: sqlite3.Connection) -> None:
             _register_gpkg_functions(conn)
             conn.execute("ATTACH DATABASE ? AS staged", (str(temp),))
-            conn.execute("BEGIN IMMEDIATE")
+
+        conn, staged = files.begin(path, f"{path.name}:{layer}", attach)
+        try:
             existing = {r[1] for r in conn.execute(f"PRAGMA main.table_info({quote(layer)})")}
             columns = [c for c in frame_columns if c != "geometry"] + [GEOMETRY_COLUMN]
             missing = [c for c in columns if c not in existing]
@@ -165,10 +169,8 @@ class GeoPackageIOManager(FormatIOManager):
                 (layer, layer, written),
             )
         except BaseException:
-            abandon(conn)
+            staged.rollback()
             raise
-
-        staged = staged_transaction(f"{path.name}:{layer}", conn)
         for steps in (staged.commit_steps, staged.rollback_steps):
             steps.append(lambda: temp.unlink(missing_ok=True))
         inserted = incoming - stored
@@ -177,7 +179,8 @@ class GeoPackageIOManager(FormatIOManager):
         return staged
 
     def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
-                     tombstones: pd.DataFrame | None = None) -> StagedWrite:
+                     files: OutputTransactions, tombstones: pd.DataFrame | None = None
+                     ) -> StagedWrite:
         """Remove the ids' features (unless the stored version is newer) in one transaction;
         GDAL's triggers keep the spatial index and feature count in step. The tombstones are
         kept by the SQLite outputs, not here."""
@@ -185,27 +188,32 @@ class GeoPackageIOManager(FormatIOManager):
         layer = metadata.get(GPKG_LAYER) or asset
         if not path.exists() or not len(removals):
             return StagedWrite(f"{path.name}:{layer} deletes", metadata={"deleted_from_gpkg": 0})
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        conn, staged = files.begin(path, f"{path.name}:{layer} deletes",
+                                   _register_gpkg_functions)
         try:
-            _register_gpkg_functions(conn)
-            conn.execute("BEGIN IMMEDIATE")
             deleted = conn.executemany(
                 f"DELETE FROM {quote(layer)} WHERE id = ? AND "
                 f"{GPKG_TIME.format('updated_at')} <= {GPKG_TIME.format('?')}",
                 to_rows(removals[["id", "as_of"]])).rowcount
         except BaseException:
-            abandon(conn)
+            staged.rollback()
             raise
-        staged = staged_transaction(f"{path.name}:{layer} deletes", conn)
         staged.metadata = {"deleted_from_gpkg": max(deleted, 0)}
         return staged
 
-    def load_input(self, context: InputContext) -> gpd.GeoDataFrame:
-        """The current features of the requested partitions (all if unpartitioned)."""
+    def load_input(self, context: InputContext) -> gpd.GeoDataFrame | pd.DataFrame:
+        """The current features of the requested partitions (all if unpartitioned). An input
+        with ``metadata={"columns": [...]}`` reads only those attributes, without geometry;
+        with ``"missing_ok": True`` a layer not written yet reads as no rows."""
         path, layer = self._target(context)
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
+        wanted = (context.definition_metadata or {}).get("columns")
+        if (context.definition_metadata or {}).get("missing_ok") and (
+                not path.exists() or layer not in pyogrio.list_layers(path)[:, 0]):
+            return pd.DataFrame(columns=wanted or [])
         window, where = input_window(context), None
         if window is not None:
             where = (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
                      f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
-        return pyogrio.read_dataframe(path, layer=layer, where=where, use_arrow=True)
+        return pyogrio.read_dataframe(path, layer=layer, where=where, use_arrow=True,
+                                      columns=wanted, read_geometry=wanted is None)

@@ -108,23 +108,14 @@ def staged_files(description: str, files: list[tuple[Path, Path]]) -> StagedWrit
     return StagedWrite(description, [publish], [discard])
 
 
-def staged_transaction(description: str, conn: sqlite3.Connection) -> StagedWrite:
-    """An open SQLite transaction; commit commits it, rollback rolls it back. Both close."""
-
-    def commit() -> None:
-        try:
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-
-    return StagedWrite(description, [commit], [lambda: abandon(conn)])
-
-
 def abandon(conn: sqlite3.Connection) -> None:
-    """Roll back whatever the connection has begun, and close it (a failed stage)."""
+    """Roll back whatever the connection has begun, and close it (a failed stage; closing
+    twice is harmless)."""
     try:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+    except sqlite3.ProgrammingError:  # already closed
+        return
     finally:
         conn.close()
 
@@ -134,10 +125,3 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def open_sqlite(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode with explicit transactions (``BEGIN IMMEDIATE`` by caller)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, timeout=60)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn

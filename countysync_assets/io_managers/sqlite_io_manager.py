@@ -22,15 +22,13 @@ from countysync_assets.io_managers.format_io_manager import (
     FormatIOManager,
     input_window,
 )
+from countysync_assets.io_managers.output_transactions import OutputTransactions, open_database
 from countysync_assets.io_managers.publishing import (
     ISO_FORMAT,
     StagedWrite,
-    abandon,
     asset_name,
     export_path,
-    open_sqlite,
     quote,
-    staged_transaction,
     timestamps_to_iso,
 )
 from countysync_assets.io_managers.running_totals import (
@@ -69,6 +67,15 @@ def sqlite_type(series: pd.Series, declared: str | None = None) -> str:
 
 
 ROWS_PER_CHUNK = 50_000
+EMPTY_DTYPES = {"INTEGER": "int64", "REAL": "float64", "TEXT": "object"}
+
+
+def _has_table(path: Path, table: str) -> bool:
+    if not path.is_file():
+        return False
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                            (table,)).fetchone() is not None
 
 
 def to_rows(frame: pd.DataFrame) -> Iterator[tuple]:
@@ -119,15 +126,15 @@ class SQLiteIOManager(FormatIOManager):
         return export_path(self.export_dir,
                            metadata.get(SQLITE_DB) or f"{asset_name(context)}.sqlite")
 
-    def stage(self, context: OutputContext, obj: pd.DataFrame) -> StagedWrite:
+    def stage(self, context: OutputContext, obj: pd.DataFrame,
+              files: OutputTransactions) -> StagedWrite:
         metadata = context.definition_metadata or {}
         keys = list(metadata.get(KEY_COLUMNS) or [])
         cursor = metadata.get(CURSOR_COLUMN)
         path, table = self.db_path(context), asset_name(context)
         started = time.monotonic()
-        conn = open_sqlite(path)
+        conn, staged = files.begin(path, f"{path.name}:{table}")
         try:
-            conn.execute("BEGIN IMMEDIATE")
             schema = metadata.get("dagster/column_schema")
             declared = {c.name: c.type for c in schema.columns} if schema else {}
             self._ensure_table(conn, table, obj, declared, keys, cursor)
@@ -150,9 +157,8 @@ class SQLiteIOManager(FormatIOManager):
             keys_written = context.asset_partition_keys if context.has_asset_partitions else []
             self._log_sync(conn, context.run_id, table, keys_written, counts)
         except BaseException:
-            abandon(conn)
+            staged.rollback()
             raise
-        staged = staged_transaction(f"{path.name}:{table}", conn)
         staged.metadata = {
             "sqlite_path": str(path),
             "sqlite_table": table,
@@ -201,7 +207,8 @@ class SQLiteIOManager(FormatIOManager):
              "asset": table, "partitions": partitions})
 
     def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
-                     tombstones: pd.DataFrame | None = None) -> StagedWrite:
+                     files: OutputTransactions, tombstones: pd.DataFrame | None = None
+                     ) -> StagedWrite:
         """Delete the ids from ``asset``'s table, unless the stored version is newer (the id
         came back), and keep any tombstones in this database's ``deleted_parcels`` table;
         one transaction. Logged in ``sync_log`` when it deletes or records something."""
@@ -210,9 +217,8 @@ class SQLiteIOManager(FormatIOManager):
             return StagedWrite(f"{path.name}:{asset} deletes",
                                metadata={f"deleted_from_{asset}": 0})
         started = time.monotonic()
-        conn = open_sqlite(path)
+        conn, staged = files.begin(path, f"{path.name}:{asset} deletes")
         try:
-            conn.execute("BEGIN IMMEDIATE")
             deleted = 0
             # an empty table (no rejects yet, say) is skipped: a first sync removes nothing
             if len(removals) and has_rows(conn, asset):
@@ -232,9 +238,8 @@ class SQLiteIOManager(FormatIOManager):
                     "rows_in": len(removals), "deleted": deleted,
                     "seconds": round(time.monotonic() - started, 3)})
         except BaseException:
-            abandon(conn)
+            staged.rollback()
             raise
-        staged = staged_transaction(f"{path.name}:{asset} deletes", conn)
         staged.metadata = {f"deleted_from_{asset}": deleted}
         return staged
 
@@ -267,19 +272,21 @@ class SQLiteIOManager(FormatIOManager):
         a partition window by a GROUP BY of the window's rows.
         """
         path, table = self.db_path(context), asset_name(context)
+        wanted = (context.definition_metadata or {}).get("columns")
+        if (context.definition_metadata or {}).get("missing_ok") and not _has_table(path, table):
+            return pd.DataFrame(columns=wanted or [])
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} does not exist yet: materialize {context.asset_key.to_user_string()} "
                 "before the assets that read it."
             )
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
-        wanted = (context.definition_metadata or {}).get("columns")
         aggregate = (context.definition_metadata or {}).get("aggregate")
         window = input_window(context)
         params: list[str] = []
         if aggregate and window is None:
             check_aggregate(aggregate)
-            with closing(open_sqlite(path)) as conn:
+            with closing(open_database(path)) as conn:
                 totals = totals_table(conn, table, aggregate)
             names = [aggregate["by"], *aggregate["values"]]
             query = f"SELECT {', '.join(map(quote, names))} FROM {quote(totals)}"
@@ -312,4 +319,7 @@ class SQLiteIOManager(FormatIOManager):
             if declared_type == TIMESTAMP and column in frame:
                 frame[column] = pd.to_datetime(frame[column], utc=True,
                                                format="ISO8601").astype("datetime64[us, UTC]")
+            elif frame.empty and declared_type in EMPTY_DTYPES and column in frame:
+                # no rows to infer from: the declared type, so an empty window type-checks
+                frame[column] = frame[column].astype(EMPTY_DTYPES[declared_type])
         return frame

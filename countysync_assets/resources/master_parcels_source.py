@@ -7,9 +7,12 @@ table before any query, and streams the rows changed in a time window in keyset-
 batches. Values are always bound parameters; the password is never shown.
 """
 
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -17,16 +20,50 @@ import pandas as pd
 import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure
 from pydantic import Field, PrivateAttr
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 DEFAULT_DEMO_PATH = "data/demo_source.sqlite"
 SRID_COLUMN = "geometry_srid"
+# Why a row's cursor value could not be read as a time (None where it could): the row checks
+# turn it into a reject reason.
+CURSOR_PROBLEM = "cursor_problem"
+# The earliest cursor value taken as a real edit time: older values (0001-01-01, an epoch 0
+# default) are placeholders, like NULL, and cannot be placed in a sync window.
+EARLIEST_CURSOR = datetime(1970, 1, 1, tzinfo=UTC)
+_OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
 
 class SourceError(Failure):
     """The source cannot be read as configured. The message says what to check."""
+
+
+def plain(value: object) -> object:
+    """A numpy scalar as the Python value a driver binds (sqlite3 binds numpy as BLOB)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def short(value: object, limit: int = 60) -> str:
+    """A value as a reject reason quotes it: repr, cut to ``limit`` characters."""
+    text = repr(plain(value))
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
+
+
+def _sqlite_text_as_is(dbapi_connection, _record) -> None:
+    """SQLite text that is not valid UTF-8 is returned as bytes instead of failing the fetch."""
+
+    def decode(raw: bytes) -> str | bytes:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+
+    dbapi_connection.text_factory = decode
+
+
+_CREDENTIALS = re.compile(r"(://[^:/@\s]*:)[^\s]*@")
 
 
 class STAsBinary(FunctionElement):
@@ -100,7 +137,7 @@ class MasterParcelsSource(ConfigurableResource):
     def sqlalchemy_url(self) -> URL:
         """The URL the engine connects with (contains the password: never log it)."""
         if self.url:
-            return sa.make_url(self.url)
+            return self._parse_url()
         if self.host:
             if not self.database:
                 raise SourceError(
@@ -129,55 +166,111 @@ class MasterParcelsSource(ConfigurableResource):
             )
         return URL.create("sqlite", database=str(path))
 
+    def _parse_url(self) -> URL:
+        """``url``, with ``password`` (COUNTYSYNC_SOURCE_PASSWORD) put in if given. A password
+        typed into the URL with '@', '/', '?' or '#' un-encoded would be read as part of the
+        host or path, and echoed in errors: refused without showing any of it."""
+        authority = self.url.partition("://")[2]
+        if authority.count("@") > 1 or (
+                "@" in authority and any(c in authority.rpartition("@")[0] for c in "/?#")):
+            raise SourceError(
+                "COUNTYSYNC_SOURCE_URL: the password contains characters that must be "
+                "percent-encoded in a URL (@ as %40, : as %3A, / as %2F, % as %25, # as %23), "
+                "or leave it out of the URL and set COUNTYSYNC_SOURCE_PASSWORD.")
+        try:
+            url = sa.make_url(self.url)
+        except (sa.exc.ArgumentError, ValueError):
+            raise SourceError(
+                "COUNTYSYNC_SOURCE_URL is not a database URL: write it like "
+                "postgresql+psycopg://user@host:5432/database (the password percent-encoded, "
+                "or in COUNTYSYNC_SOURCE_PASSWORD).") from None
+        if self.password:
+            url = url.set(password=self.password)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+                and not Path(url.database).is_file():
+            raise SourceError(
+                f"The SQLite source {url.database} does not exist. Check the path in "
+                "COUNTYSYNC_SOURCE_URL (sqlite:///relative/path or sqlite:////absolute/path).")
+        return url
+
     def display_url(self) -> str:
         """The source URL with the password masked, safe for logs and metadata."""
         return self.sqlalchemy_url().render_as_string(hide_password=True)
+
+    def redact(self, text: str) -> str:
+        """``text`` with the password (as typed or percent-encoded) and any URL credentials
+        masked: driver messages may quote the connection string."""
+        secrets = {self.password}
+        with suppress(SourceError):
+            secrets.add(self.sqlalchemy_url().password)
+        for secret in filter(None, secrets):
+            for form in {str(secret), quote(str(secret), safe="")}:
+                text = text.replace(form, "***")
+        return _CREDENTIALS.sub(r"\1***@", text)
 
     @property
     def dialect_name(self) -> str:
         return self.sqlalchemy_url().get_backend_name()
 
     def get_engine(self) -> Engine:
-        """One engine per resource instance; ``fast_executemany`` on SQL Server."""
+        """One engine per resource instance; ``fast_executemany`` on SQL Server. SQLite text
+        that is not valid UTF-8 comes back as bytes (a reject), not as an error for the
+        whole batch."""
         if self._engine is None:
             url = self.sqlalchemy_url()
             options: dict = {"pool_pre_ping": True}
             if url.get_backend_name() == "mssql":
                 options["fast_executemany"] = True
             self._engine = sa.create_engine(url, **options)
+            if url.get_backend_name() == "sqlite":
+                event.listen(self._engine, "connect", _sqlite_text_as_is)
         return self._engine
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Database errors as one clear line: the server cannot be reached, or it refused or
+        could not return what was asked (a data or permission problem, not an outage)."""
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            raise self._unreachable(err) from None
+        except sa.exc.DBAPIError as err:
+            raise SourceError(
+                f"The master parcel database ({self.display_url()}) could not return the rows "
+                f"asked for: {self._first_line(err)}. Check the table's permissions and "
+                "values (a value the driver cannot read, such as PostgreSQL's 'infinity', "
+                "must be fixed in the master table). No output was changed.") from None
+
+    def _first_line(self, err: Exception) -> str:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        return self.redact(reason[0] if reason else type(err).__name__)
 
     def _unreachable(self, err: Exception) -> SourceError:
         url = self.sqlalchemy_url()
         where = f"host {url.host or 'local file'}, database {url.database}"
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        if url.password:
-            reason = reason.replace(str(url.password), "***")
         return SourceError(
-            f"Cannot read the master parcel database ({where}; {self.display_url()}): {reason}. "
-            "Check that the server is running and reachable from this machine (host, port, "
-            "firewall, VPN), that the database name and credentials are right, and for SQL "
-            "Server that the ODBC driver is installed. No output was changed."
+            f"Cannot read the master parcel database ({where}; {self.display_url()}): "
+            f"{self._first_line(err)}. Check that the server is running and reachable from "
+            "this machine (host, port, firewall, VPN), that the database name and credentials "
+            "are right, and for SQL Server that the ODBC driver is installed. No output was "
+            "changed."
         )
 
     def table_ref(self) -> sa.Table:
         """The reflected source table, checked against the configured column names."""
         if self._table is not None:
             return self._table
-        try:
-            with self.get_engine().connect() as conn:
-                inspector = sa.inspect(conn)
-                if not inspector.has_table(self.table, schema=self.db_schema):
-                    tables = inspector.get_table_names(schema=self.db_schema)
-                    raise SourceError(
-                        f"Table {self.table!r} was not found in the source "
-                        f"({self.display_url()}). Tables there: {', '.join(tables) or 'none'}. "
-                        "Set COUNTYSYNC_SOURCE_TABLE to the master parcel table."
-                    )
-                table = sa.Table(self.table, sa.MetaData(), schema=self.db_schema,
-                                 autoload_with=conn)
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
+        with self._reading(), self.get_engine().connect() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(self.table, schema=self.db_schema):
+                tables = inspector.get_table_names(schema=self.db_schema)
+                raise SourceError(
+                    f"Table {self.table!r} was not found in the source "
+                    f"({self.display_url()}). Tables there: {', '.join(tables) or 'none'}. "
+                    "Set COUNTYSYNC_SOURCE_TABLE to the master parcel table."
+                )
+            table = sa.Table(self.table, sa.MetaData(), schema=self.db_schema,
+                             autoload_with=conn)
         present = list(table.columns.keys())
         for setting, column in (
             ("COUNTYSYNC_SOURCE_KEY_COLUMN", self.key_column),
@@ -195,15 +288,25 @@ class MasterParcelsSource(ConfigurableResource):
     # ----- queries ----------------------------------------------------------------------------
 
     def _selected_columns(self, table: sa.Table) -> list[sa.ColumnElement]:
-        """Every column; on SQL Server the geometry as WKB plus its SRID."""
+        """Every column; the cursor as stored (see ``_cursor_raw``); on SQL Server the geometry
+        as WKB plus its SRID."""
         columns: list[sa.ColumnElement] = []
         for column in table.columns:
             if column.name == self.geometry_column and self.dialect_name == "mssql":
                 columns.append(STAsBinary(column).label(column.name))
                 columns.append(STSrid(column).label(SRID_COLUMN))
+            elif column.name == self.cursor_column:
+                columns.append(self._cursor_raw(table).label(column.name))
             else:
                 columns.append(column)
         return columns
+
+    def _cursor_raw(self, table: sa.Table) -> sa.ColumnElement:
+        """The cursor as the driver returns it. SQLite stores a DATETIME as text (or whatever
+        was put there: an epoch number, a text with an offset), which SQLAlchemy's own parser
+        would fail the whole batch on; it is read as stored and checked row by row."""
+        cursor = table.c[self.cursor_column]
+        return sa.type_coerce(cursor, sa.String) if self.dialect_name == "sqlite" else cursor
 
     def _cursor_is_naive(self, table: sa.Table) -> bool:
         column_type = table.c[self.cursor_column].type
@@ -224,21 +327,23 @@ class MasterParcelsSource(ConfigurableResource):
                 "use an IANA name such as UTC or America/Los_Angeles."
             ) from None
 
-    def changed_rows_query(
-        self, start: datetime, end: datetime, after: tuple[datetime, object] | None = None
-    ) -> sa.Select:
-        """One keyset page of rows with start <= cursor < end, after (cursor, key) ``after``.
+    def changed_rows_query(self, start: datetime, end: datetime,
+                           after: tuple[object, object] | None = None) -> sa.Select:
+        """One keyset page of rows with start <= cursor < end, after (cursor, key) ``after``
+        (the last row of the previous page, as the driver returned it).
 
         Keyset pagination on (cursor, key) keeps every page an index seek, where OFFSET/FETCH
-        would re-scan all the skipped rows.
+        would re-scan all the skipped rows. Rows without a key cannot be paged past or merged:
+        key reconciliation lists them (``iter_unplaced``).
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
         query = self._between(sa.select(*self._selected_columns(table)), table, start, end) \
-            .order_by(cursor, key).limit(self.batch_size)
+            .where(key.is_not(None)).order_by(cursor, key).limit(self.batch_size)
         if after is not None:
             last_cursor, last_key = after
-            last_cursor = self._to_source_time(table, last_cursor)
+            if self.dialect_name == "sqlite":  # compare as stored: text with text
+                last_cursor = sa.literal(last_cursor, sa.String)
             query = query.where(
                 sa.or_(cursor > last_cursor, sa.and_(cursor == last_cursor, key > last_key))
             )
@@ -247,65 +352,68 @@ class MasterParcelsSource(ConfigurableResource):
     def iter_changed_batches(self, start: datetime, end: datetime) -> Iterator[pd.DataFrame]:
         """Stream the rows whose cursor falls in [start, end) as DataFrames of batch_size rows.
 
-        Cursor timestamps come back as UTC ``datetime64[us, UTC]``; the geometry as stored (WKT
+        Cursor timestamps come back as UTC ``datetime64[us, UTC]``, NaT where a value cannot be
+        read as a time, with the reason in ``cursor_problem``; the geometry as stored (WKT
         text or WKB bytes, WKB on SQL Server) with its SRID in ``geometry_srid``.
         """
         table = self.table_ref()
         srid = None if self.dialect_name == "mssql" else self.resolve_srid()
         after = None
-        try:
-            with self.get_engine().connect() as conn:
-                while True:
-                    result = conn.execute(self.changed_rows_query(start, end, after))
-                    batch = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-                    if batch.empty and after is not None:
-                        return
-                    self._reject_null_keys(batch, start, end)
-                    raw_last = batch[self.cursor_column].iloc[-1] if len(batch) else None
-                    batch[self.cursor_column] = self._cursor_to_utc(
-                        table, batch[self.cursor_column])
-                    if srid is not None:
-                        batch[SRID_COLUMN] = srid
-                    if raw_last is not None:
-                        last_key = batch[self.key_column].iloc[-1]
-                        if isinstance(last_key, np.generic):  # sqlite3 binds numpy as BLOB
-                            last_key = last_key.item()
-                        after = (self._as_utc(raw_last), last_key)
-                    yield batch  # the first batch even if empty, so callers get the columns
-                    if len(batch) < self.batch_size:
-                        return
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
+        with self._reading(), self.get_engine().connect() as conn:
+            while True:
+                result = conn.execute(self.changed_rows_query(start, end, after))
+                batch = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+                if batch.empty and after is not None:
+                    return
+                if len(batch):
+                    after = (batch[self.cursor_column].iloc[-1],
+                             plain(batch[self.key_column].iloc[-1]))
+                batch[self.cursor_column], batch[CURSOR_PROBLEM] = self.cursor_to_utc(
+                    table, batch[self.cursor_column])
+                if srid is not None:
+                    batch[SRID_COLUMN] = srid
+                yield batch  # the first batch even if empty, so callers get the columns
+                if len(batch) < self.batch_size:
+                    return
 
-    def _as_utc(self, raw: datetime) -> datetime:
-        if raw.tzinfo is None:
-            return raw.replace(tzinfo=self._zone()).astimezone(UTC)
-        return raw.astimezone(UTC)
-
-    def _cursor_to_utc(self, table: sa.Table, values: pd.Series) -> pd.Series:
-        """Cursor values as UTC ``datetime64[us, UTC]``; naive ones are in source_timezone."""
-        if not self._cursor_is_naive(table):
-            return pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
-        # The hour repeated when DST ends is read as its first (DST) occurrence, as
-        # zoneinfo's fold=0 does for the keyset cursor; the skipped hour shifts forward.
-        stamps = pd.to_datetime(values).dt.tz_localize(
-            self._zone(), ambiguous=np.ones(len(values), dtype=bool),
-            nonexistent="shift_forward")
-        return stamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-
-    def _reject_null_keys(self, batch: pd.DataFrame, start: datetime, end: datetime) -> None:
-        """A row without a key cannot be merged or paged past: stop before anything is written."""
-        missing = batch[batch[self.key_column].isna()]
-        if missing.empty:
-            return
-        sample = missing.drop(columns=[self.geometry_column]).head(3).astype(str) \
-            .to_dict("records")
-        raise SourceError(
-            f"{len(missing)} row(s) of {self.table} changed between {start:%Y-%m-%d %H:%M} and "
-            f"{end:%Y-%m-%d %H:%M} UTC have no {self.key_column} (NULL), e.g. {sample}. Give "
-            f"every row a {self.key_column} in the master table, then re-run this partition. "
-            "No output was changed."
-        )
+    def cursor_to_utc(self, table: sa.Table, values: pd.Series) -> tuple[pd.Series, pd.Series]:
+        """Cursor values as UTC ``datetime64[us, UTC]`` (naive ones are in source_timezone),
+        and per value why it is not a time (None where it is): NULL, a number, unreadable
+        text, text with a UTC offset in a column without one, before 1970."""
+        problem = pd.Series(None, index=values.index, dtype=object)
+        present = values.notna()
+        problem[~present] = "updated_at is NULL"
+        is_text = values.map(lambda v: isinstance(v, str)).astype(bool)
+        is_time = values.map(lambda v: isinstance(v, datetime)).astype(bool)
+        other = present & ~is_text & ~is_time
+        problem[other] = [f"updated_at {short(v)} is not a date and time ({type(v).__name__})"
+                          for v in values[other]]
+        naive = self._cursor_is_naive(table)
+        if naive and is_text.any():
+            offset = values[is_text].str.contains(_OFFSET).reindex(values.index,
+                                                                   fill_value=False)
+            problem[offset] = [f"updated_at {short(v)} has a UTC offset, but the column holds "
+                               f"times without one (in {self.source_timezone})"
+                               for v in values[offset]]
+        readable = problem.isna()
+        stamps = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+        if readable.any():
+            parsed = pd.to_datetime(values[readable], errors="coerce", format="ISO8601",
+                                    utc=not naive)
+            if naive:
+                # The hour repeated when DST ends is read as its first (DST) occurrence, as
+                # zoneinfo's fold=0 does; the skipped hour shifts forward.
+                parsed = parsed.dt.tz_localize(
+                    self._zone(), ambiguous=np.ones(len(parsed), dtype=bool),
+                    nonexistent="shift_forward")
+            stamps[readable] = parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+            unreadable = readable & stamps.isna()
+            problem[unreadable] = [f"updated_at {short(v)} cannot be read as a date and time"
+                                   for v in values[unreadable]]
+        early = stamps.notna() & (stamps < EARLIEST_CURSOR)
+        problem[early] = [f"updated_at {v:%Y-%m-%d} is before 1970, a placeholder rather than "
+                          "an edit time" for v in stamps[early]]
+        return stamps.where(problem.isna()), problem
 
     def _cursor_text(self, table: sa.Table) -> sa.ColumnElement:
         """The cursor at the source's full precision: SQL Server's datetime2 has 100 ns ticks,
@@ -314,34 +422,33 @@ class MasterParcelsSource(ConfigurableResource):
         if self.dialect_name == "mssql":
             return sa.func.convert(sa.literal_column("varchar(27)"), cursor,
                                    sa.literal_column("126"))
-        return cursor
+        return self._cursor_raw(table)
 
     def changes_since(self, since: datetime | None, until: datetime | None = None
                       ) -> pd.DataFrame:
         """Key and cursor of the rows with ``since`` <= cursor < ``until`` (UTC; either may be
-        None), oldest first.
+        None), oldest first, rows without a key left out.
 
         Columns: ``cursor_text`` (the source's value at full precision, as text), ``updated_at``
-        (UTC, microseconds) and ``id``. Only two columns travel, so a poll stays cheap.
+        (UTC, microseconds; NaT where the value is not a readable time) and ``id``. Only two
+        columns travel, so a poll stays cheap.
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
         query = sa.select(self._cursor_text(table).label("cursor_text"), key.label("id")) \
-            .order_by(cursor, key)
+            .where(key.is_not(None)).order_by(cursor, key)
         query = self._between(query, table, since, until)
-        try:
-            with self.get_engine().connect() as conn:
-                rows = conn.execute(query).all()
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
+        with self._reading(), self.get_engine().connect() as conn:
+            rows = conn.execute(query).all()
         frame = pd.DataFrame(rows, columns=["cursor_text", "id"])
         raw = frame["cursor_text"]
         if self.dialect_name == "mssql":  # text with 7 decimals; a datetime holds 6
-            frame["updated_at"] = self._cursor_to_utc(
-                table, pd.to_datetime(raw.str.slice(0, 26), format="ISO8601"))
+            frame["updated_at"], _ = self.cursor_to_utc(table, raw.str.slice(0, 26))
         else:
-            frame["updated_at"] = self._cursor_to_utc(table, raw)
-            frame["cursor_text"] = raw.map(lambda v: v.isoformat(timespec="microseconds"))
+            frame["updated_at"], _ = self.cursor_to_utc(table, raw)
+            frame["cursor_text"] = raw.map(
+                lambda v: v.isoformat(timespec="microseconds") if isinstance(v, datetime)
+                else str(v))
         return frame
 
     def iter_keys(self) -> Iterator[list]:
@@ -349,20 +456,46 @@ class MasterParcelsSource(ConfigurableResource):
         table = self.table_ref()
         key = table.c[self.key_column]
         last = None
-        try:
-            with self.get_engine().connect() as conn:
-                while True:
-                    query = sa.select(key).where(key.is_not(None)).order_by(key) \
+        with self._reading(), self.get_engine().connect() as conn:
+            while True:
+                query = sa.select(key).where(key.is_not(None)).order_by(key) \
                         .limit(self.batch_size)
-                    if last is not None:
-                        query = query.where(key > last)
-                    batch = conn.execute(query).scalars().all()
-                    if not batch:
-                        return
-                    yield batch
-                    last = batch[-1]
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
+                if last is not None:
+                    query = query.where(key > last)
+                batch = conn.execute(query).scalars().all()
+                if not batch:
+                    return
+                yield batch
+                last = batch[-1]
+
+    def _unplaced(self, table: sa.Table, until: datetime) -> sa.ColumnElement:
+        """Rows no sync window can hold: no key, or a cursor that is NULL, before 1970, at or
+        after ``until`` (the end of the newest window: 2999-01-01, 9999-12-31), or stored in
+        a form that sorts outside every time (SQLite: an epoch number, unreadable text)."""
+        cursor, key = table.c[self.cursor_column], table.c[self.key_column]
+        return sa.or_(key.is_(None), cursor.is_(None), ~sa.and_(
+            cursor >= self._to_source_time(table, EARLIEST_CURSOR),
+            cursor < self._to_source_time(table, until)))
+
+    def iter_unplaced(self, until: datetime) -> Iterator[pd.DataFrame]:
+        """Key, parcel number and cursor (as text) of the rows no window can hold, in batches:
+        key reconciliation lists them, since the change sensor can never see them."""
+        table = self.table_ref()
+        columns = [table.c[self.key_column].label("id"),
+                   sa.cast(self._cursor_text(table), sa.String).label("updated_at")]
+        if "parcel_id" in table.c:
+            columns.insert(1, table.c["parcel_id"])
+        query = sa.select(*columns).where(self._unplaced(table, until))
+        with self._reading(), self.get_engine().connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(query)
+            while rows := result.fetchmany(self.batch_size):
+                yield pd.DataFrame(rows, columns=list(result.keys()), dtype=object)
+
+    def count_unplaced(self, until: datetime) -> int:
+        """How many rows no window can hold (see ``_unplaced``)."""
+        table = self.table_ref()
+        return self._scalar(sa.select(sa.func.count()).select_from(table)
+                            .where(self._unplaced(table, until)))
 
     def _between(self, query: sa.Select, table: sa.Table, since: datetime | None,
                  until: datetime | None) -> sa.Select:
@@ -374,52 +507,58 @@ class MasterParcelsSource(ConfigurableResource):
             query = query.where(cursor < self._to_source_time(table, until))
         return query
 
+    def _scalar(self, query: sa.Select) -> int:
+        with self._reading(), self.get_engine().connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def count_since(self, since: datetime | None, until: datetime | None = None) -> int:
         """How many rows have ``since`` <= cursor < ``until`` (UTC; None: unbounded)."""
         table = self.table_ref()
-        query = self._between(sa.select(sa.func.count()).select_from(table), table, since, until)
-        try:
-            with self.get_engine().connect() as conn:
-                return int(conn.execute(query).scalar_one())
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
+        return self._scalar(self._between(sa.select(sa.func.count()).select_from(table), table,
+                                          since, until))
 
-    def cursor_bounds(self, since: datetime | None = None) -> tuple[datetime, datetime] | None:
-        """The earliest and latest cursor value (UTC) at or after ``since``; None if none."""
+    def count_all(self) -> int:
+        """How many rows the table has."""
+        return self._scalar(sa.select(sa.func.count()).select_from(self.table_ref()))
+
+    def cursor_bounds(self, since: datetime | None = None, until: datetime | None = None
+                      ) -> tuple[datetime, datetime] | None:
+        """The earliest and latest cursor value (UTC) in [``since`` (default 1970),
+        ``until``); None if there is none. Bound it with ``until``: a row dated 9999-12-31 is
+        no edit time."""
         table = self.table_ref()
         cursor = table.c[self.cursor_column]
-        query = sa.select(sa.func.min(cursor), sa.func.max(cursor))
-        if since is not None:
-            query = query.where(cursor >= self._to_source_time(table, since))
-        try:
-            with self.get_engine().connect() as conn:
-                low, high = conn.execute(query).one()
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
-        if low is None:
+        query = self._between(sa.select(sa.func.min(self._cursor_raw(table)),
+                                        sa.func.max(self._cursor_raw(table))),
+                              table, since or EARLIEST_CURSOR, until)
+        with self._reading(), self.get_engine().connect() as conn:
+            bounds = pd.Series(conn.execute(query.where(cursor.is_not(None))).one())
+        if bounds.isna().any():
             return None
-        return self._as_utc(pd.Timestamp(low).to_pydatetime()), \
-            self._as_utc(pd.Timestamp(high).to_pydatetime())
+        low, high = self.cursor_to_utc(table, bounds)[0]
+        if pd.isna(low) or pd.isna(high):  # SQLite text that is no time: ask row by row
+            rows = self.changes_since(since or EARLIEST_CURSOR, until)["updated_at"].dropna()
+            if rows.empty:
+                return None
+            low, high = rows.min(), rows.max()
+        return low.to_pydatetime(), high.to_pydatetime()
 
     def resolve_srid(self) -> int:
         """The EPSG code of the geometry: configured, else the OGC ``geometry_columns`` table."""
         if self.srid is not None:
             return self.srid
-        try:
-            with self.get_engine().connect() as conn:
-                if sa.inspect(conn).has_table("geometry_columns", schema=self.db_schema):
-                    meta = sa.Table("geometry_columns", sa.MetaData(), schema=self.db_schema,
-                                    autoload_with=conn)
-                    row = conn.execute(
-                        sa.select(meta.c.srid)
-                        .where(sa.func.lower(meta.c.f_table_name) == self.table.lower())
-                        .where(sa.func.lower(meta.c.f_geometry_column)
-                               == self.geometry_column.lower())
-                    ).first()
-                    if row is not None:
-                        return int(row[0])
-        except sa.exc.DBAPIError as err:
-            raise self._unreachable(err) from None
+        with self._reading(), self.get_engine().connect() as conn:
+            if sa.inspect(conn).has_table("geometry_columns", schema=self.db_schema):
+                meta = sa.Table("geometry_columns", sa.MetaData(), schema=self.db_schema,
+                                autoload_with=conn)
+                row = conn.execute(
+                    sa.select(meta.c.srid)
+                    .where(sa.func.lower(meta.c.f_table_name) == self.table.lower())
+                    .where(sa.func.lower(meta.c.f_geometry_column)
+                           == self.geometry_column.lower())
+                ).first()
+                if row is not None:
+                    return int(row[0])
         raise SourceError(
             f"The SRID of {self.table}.{self.geometry_column} is unknown: the source has no "
             "geometry_columns entry for it. Set COUNTYSYNC_SOURCE_SRID (e.g. 2286 for "

@@ -20,6 +20,7 @@ class InProcessSync:
     def __init__(self, source: MasterParcelsSource, exports: Path, instance: DagsterInstance,
                  cursor: str | None = None):
         self.source, self.instance, self.cursor = source, instance, cursor
+        self.launched: set[str] = set()  # run keys already run: the daemon skips them too
         self.defs = Definitions(
             assets=all_assets, jobs=[sync_job, reconcile_deletes_job],
             sensors=[source_changes_sensor],
@@ -36,19 +37,29 @@ class InProcessSync:
         return result
 
     def run(self, result: SensorResult, raise_on_error: bool = True) -> list[bool]:
-        """Execute each requested run (with its run key, as the daemon tags it)."""
-        job = self.defs.resolve_job_def("sync_parcels")
-        return [job.execute_in_process(
-            instance=self.instance, partition_key=request.partition_key,
-            tags={**request.tags, RUN_KEY_TAG: request.run_key},
-            raise_on_error=raise_on_error).success for request in result.run_requests]
+        """Execute each requested run (with its run key, as the daemon tags it), except those
+        whose run key has run before (the daemon skips them too)."""
+        outcomes = []
+        for request in result.run_requests:
+            if request.run_key in self.launched:
+                continue
+            self.launched.add(request.run_key)
+            job = self.defs.resolve_job_def(request.job_name or sync_job.name)
+            outcomes.append(job.execute_in_process(
+                instance=self.instance, partition_key=request.partition_key,
+                tags={**request.tags, RUN_KEY_TAG: request.run_key},
+                raise_on_error=raise_on_error).success)
+        return outcomes
 
     def catch_up(self) -> bool:
-        """Tick and run until the sensor asks for nothing more (a huge change set comes as
-        one bounded run per tick); False as soon as a run fails."""
+        """Tick and run until the sensor asks for nothing new (a huge change set comes as one
+        bounded run per tick); False as soon as a run fails."""
         while (result := self.tick()).run_requests:
-            if not all(self.run(result)):
+            outcomes = self.run(result)
+            if not all(outcomes):
                 return False
+            if not outcomes:  # only run keys already run: nothing left to do
+                return True
         return True
 
     def sync_range(self, first: str, last: str) -> bool:

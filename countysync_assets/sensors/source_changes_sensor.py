@@ -8,7 +8,12 @@ set (the first tick, a mass update) is synced as partition-range runs of at most
 ``MAX_ROWS_PER_POLL`` rows, one at a time, the watermark following each: memory stays that of
 one such run however big the county (a single window holding more rows is still one run).
 Requested runs stay in the cursor until they succeed; failed ones are requested again with
-backoff, so no change is lost.
+backoff, and a run whose process died (kill -9, a reboot) is marked failed and requested again
+at once, so no change is lost and no run is left STARTED for ever.
+
+What a cursor cannot see is handled by counting: when the table shrinks or the rows no window
+can hold change, the delete check (key reconciliation) is requested; when rows come back
+without a newer ``updated_at`` (a truncate and reload), every window is synced again.
 """
 
 import hashlib
@@ -17,6 +22,7 @@ import time
 from datetime import datetime, timedelta
 
 import pandas as pd
+import psutil
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -27,9 +33,10 @@ from dagster import (
     SensorResult,
     sensor,
 )
+from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.tags import RUN_KEY_TAG
 
-from countysync_assets.jobs import sync_job
+from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import PARTITIONS, partition_keys_for, range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.sync_cursor import PendingRun, SyncCursor
@@ -38,8 +45,16 @@ INTERVAL_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_INTERVAL_SECONDS") or 6
 OVERLAP = timedelta(seconds=int(os.environ.get("COUNTYSYNC_SENSOR_OVERLAP_SECONDS") or 300))
 MAX_ROWS_PER_POLL = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_ROWS_PER_POLL") or 100_000)
 MAX_RUNS_PER_TICK = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_RUNS_PER_TICK") or 10)
+# a STARTED run that records nothing for this long is taken as dead, even where its process
+# cannot be checked (another machine)
+STALLED_AFTER_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS") or 1800)
 UNLAUNCHED_AFTER_SECONDS = 600  # a request with no run after this long is requested again
 FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+
+def newest_end() -> datetime:
+    """The end of the newest partition: later cursor values are no edit times (9999-12-31)."""
+    return PARTITIONS.time_window_for_partition_key(PARTITIONS.get_last_partition_key()).end
 
 
 def key_of(moment: datetime) -> str:
@@ -52,6 +67,14 @@ def partition_of(rows: pd.DataFrame) -> pd.Series:
     keys = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(
         key_of(rows["updated_at"].min()), key_of(rows["updated_at"].max())))
     return partition_keys_for(PARTITIONS, keys, rows["updated_at"])
+
+
+def with_times(rows: pd.DataFrame, since: datetime) -> pd.DataFrame:
+    """``rows`` with a time for each: a value the source sorts in the range but that cannot be
+    read as a time (SQLite text) takes its neighbour's, so its window is synced (and the row
+    rejected there, with the reason)."""
+    return rows.assign(updated_at=rows["updated_at"].ffill().bfill().fillna(
+        pd.Timestamp(since)).astype("datetime64[us, UTC]"))
 
 
 def digests(rows: pd.DataFrame) -> dict[str, str]:
@@ -71,21 +94,57 @@ def request(state: SyncCursor, run_key: str, first: str, last: str, attempt: int
     return RunRequest(run_key=run_key, tags=range_tags(first, last))
 
 
+def dead_run(context: SensorEvaluationContext, record) -> str | None:
+    """Why a run that says STARTED will never finish, or None: its process is gone from this
+    machine (the run launcher starts runs here), or it recorded nothing for
+    ``STALLED_AFTER_SECONDS``."""
+    run = record.dagster_run
+    last = context.instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+    if not last:
+        return None
+    entry = last[0].event_log_entry
+    pid = entry.dagster_event.pid if entry.dagster_event else None
+    if pid and isinstance(context.instance.run_launcher, DefaultRunLauncher) \
+            and not process_alive(pid, entry.timestamp):
+        return f"its process (pid {pid}) is gone"
+    idle = time.time() - entry.timestamp
+    if idle > STALLED_AFTER_SECONDS:
+        return f"it recorded nothing for {idle:.0f} s"
+    return None
+
+
+def process_alive(pid: int, since: float) -> bool:
+    """Whether ``pid`` still runs and is the process that logged at ``since`` (not a new one
+    that got the same number after a reboot)."""
+    try:
+        return psutil.Process(pid).create_time() <= since + 1
+    except psutil.NoSuchProcess:
+        return False
+
+
 def retry_failed(context: SensorEvaluationContext, state: SyncCursor) -> list[RunRequest]:
-    """Requests again the pending runs that failed (after a backoff) or never started."""
+    """Requests again the pending runs that failed (after a backoff), died or never
+    started."""
     retries = []
     now = time.time()
     for run_key, pending in list(state.pending.items()):
         records = context.instance.get_run_records(
             RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
-        if records and records[0].dagster_run.status == DagsterRunStatus.SUCCESS:
+        status = records[0].dagster_run.status if records else None
+        if status == DagsterRunStatus.SUCCESS:
             del state.pending[run_key]
             continue
-        if records and records[0].dagster_run.status in FAILED:
+        if status == DagsterRunStatus.STARTED and (why := dead_run(context, records[0])):
+            run = records[0].dagster_run
+            context.instance.report_run_failed(
+                run, f"countysync's change sensor marked this run failed: {why}. It is "
+                "requested again.")
+            reason = f"run {run.run_id[:8]} died: {why}"
+        elif status in FAILED:
             backoff = min(INTERVAL_SECONDS * 2 ** (pending.attempt - 1), 3600)
             if now < (records[0].end_time or now) + backoff:
                 continue
-            reason = f"run {records[0].dagster_run.run_id[:8]} {records[0].dagster_run.status}"
+            reason = f"run {records[0].dagster_run.run_id[:8]} {status}"
         elif not records and now - pending.requested_at > UNLAUNCHED_AFTER_SECONDS:
             reason = "no run was launched"
         else:
@@ -96,6 +155,34 @@ def retry_failed(context: SensorEvaluationContext, state: SyncCursor) -> list[Ru
         retries.append(request(state, f"{base}#retry{pending.attempt}", pending.first,
                                pending.last, pending.attempt + 1))
     return retries
+
+
+def uncursored_changes(context: SensorEvaluationContext, source: MasterParcelsSource,
+                       state: SyncCursor) -> list[RunRequest]:
+    """What the cursor cannot see, found by counting rows. Rows that came back without a newer
+    updated_at (the table reloaded) clear the cursor, so every window is synced again; a
+    table that shrank, or rows no window can hold, request the delete check."""
+    total, unplaced = source.count_all(), source.count_unplaced(newest_end())
+    before, unplaced_before = state.source_rows, state.unplaced_rows
+    state.source_rows, state.unplaced_rows = total, unplaced
+    if before is None:
+        return []
+    # rows added where the sensor looks (the look-back window and after) explain growth
+    seen = source.count_since(state.watermark_time - OVERLAP, newest_end()) - \
+        (state.lookback_rows or 0) if state.watermark_time else total
+    if total > before + seen:
+        context.log.warning(
+            f"The source has {total - before - seen} more row(s) than before without newer "
+            "updated_at values (reloaded?): every window is synced again; unchanged rows "
+            "write nothing.")
+        state.watermark = state.watermark_utc = state.watermark_id = None
+        state.digests = {}
+        state.generation += 1
+    if total < before or unplaced != unplaced_before:
+        return [RunRequest(run_key=state.run_key(f"reconcile|{total}|{unplaced}|"
+                                                 f"{state.watermark}"),
+                           job_name=reconcile_deletes_job.name)]
+    return []
 
 
 def bounded_last(source: MasterParcelsSource, since: datetime, last: str) -> str:
@@ -117,19 +204,21 @@ def bounded_last(source: MasterParcelsSource, since: datetime, last: str) -> str
     return keys[known]
 
 
-def next_range(source: MasterParcelsSource, state: SyncCursor, since: datetime,
-               newest_end: datetime) -> tuple[pd.DataFrame, RunRequest]:
+def next_range(source: MasterParcelsSource, state: SyncCursor, since: datetime
+               ) -> tuple[pd.DataFrame, RunRequest]:
     """A huge change set's next bounded run: from the look-back (late commits) to the last
     partition that keeps the rows newer than the watermark within ``MAX_ROWS_PER_POLL``, so
     every run moves the watermark on. Returns the run's rows and its request."""
-    low, high = source.cursor_bounds(since)
-    high = min(high, newest_end - timedelta(microseconds=1))  # clock skew: not a partition yet
-    newer = source.cursor_bounds(state.watermark_time + timedelta(microseconds=1)) \
+    end = newest_end()
+    low, high = source.cursor_bounds(since, end)
+    newer = source.cursor_bounds(state.watermark_time + timedelta(microseconds=1), end) \
         if state.watermark_time else None
     first = key_of(low)
     last = bounded_last(source, newer[0] if newer else low, key_of(high))
-    rows = source.changes_since(since, PARTITIONS.time_window_for_partition_key(last).end)
-    return rows, request(state, f"{first}...{last}|{rows.iloc[-1]['cursor_text']}", first, last)
+    rows = with_times(source.changes_since(
+        since, PARTITIONS.time_window_for_partition_key(last).end), since)
+    mark = rows.iloc[-1]["cursor_text"]
+    return rows, request(state, state.run_key(f"{first}...{last}|{mark}"), first, last)
 
 
 def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
@@ -142,40 +231,40 @@ def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
     mark = rows.iloc[-1]["cursor_text"]
     if len(to_sync) > MAX_RUNS_PER_TICK:
         first, last = to_sync[0], to_sync[-1]
-        return [request(state, f"{first}...{last}|{mark}", first, last)]
-    return [request(state, f"{k}|{mark}|{new[k]}", k, k) for k in to_sync]
+        return [request(state, state.run_key(f"{first}...{last}|{mark}"), first, last)]
+    return [request(state, state.run_key(f"{k}|{mark}|{new[k]}"), k, k) for k in to_sync]
 
 
 @sensor(
-    job=sync_job,
+    jobs=[sync_job, reconcile_deletes_job],
     minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Polls MasterParcels for changed rows and syncs the windows that hold them. "
-    "Reset its cursor (empty) to re-sync everything.",
+    description="Polls MasterParcels for changed rows and syncs the windows that hold them; "
+    "requests the delete check when rows disappear. Reset its cursor (empty) to re-sync "
+    "everything.",
 )
 def source_changes_sensor(context: SensorEvaluationContext,
                           source: MasterParcelsSource) -> SensorResult:
     state = SyncCursor.from_json(context.cursor)
     run_requests = retry_failed(context, state)
+    run_requests += uncursored_changes(context, source, state)
     since = PARTITIONS.start
     if state.watermark_time:
         since = max(state.watermark_time - OVERLAP, since)
-    newest_end = PARTITIONS.time_window_for_partition_key(PARTITIONS.get_last_partition_key()).end
-    changed = source.count_since(since)
+    changed = source.count_since(since, newest_end())
     if changed > MAX_ROWS_PER_POLL:  # the first sync, or a mass update: bounded range runs
         if state.pending:  # one at a time: the next range once this one has succeeded
             return SensorResult(
                 run_requests=run_requests, cursor=state.to_json(),
                 skip_reason=None if run_requests else f"{changed} changed rows; waiting for "
                 f"{', '.join(state.pending)} before the next range.")
-        rows, next_run = next_range(source, state, since, newest_end)
+        rows, next_run = next_range(source, state, since)
         run_requests.append(next_run)
         planned = state.pending[next_run.run_key]
         context.log.info(f"{changed} changed rows: a run for partitions {planned.first}.."
                          f"{planned.last}, then the next range once it succeeds.")
     else:
-        rows = source.changes_since(since)
-        rows = rows[rows["updated_at"] < newest_end]  # clock skew: not a partition yet
+        rows = with_times(source.changes_since(since, newest_end()), since)
         run_requests += window_requests(state, rows)
     if len(rows):
         newest = rows.iloc[-1]
@@ -184,7 +273,8 @@ def source_changes_sensor(context: SensorEvaluationContext,
         state.watermark_id = newest["id"].item() if hasattr(newest["id"], "item") else newest["id"]
         # digests of exactly the rows the next tick will look back at, so an unchanged
         # window gives the same digests and no run
-        state.digests = digests(rows[rows["updated_at"] >= state.watermark_time - OVERLAP])
+        lookback = rows[rows["updated_at"] >= state.watermark_time - OVERLAP]
+        state.digests, state.lookback_rows = digests(lookback), len(lookback)
     if not run_requests:
         return SensorResult(skip_reason=f"No changes since {state.watermark or 'the start'}.",
                             cursor=state.to_json())

@@ -30,6 +30,14 @@ class SyncCursor:
     watermark_id: str | int | None = None  # key of the row at the watermark
     digests: dict[str, str] = field(default_factory=dict)  # partition -> look-back digest
     pending: dict[str, PendingRun] = field(default_factory=dict)  # run key -> request
+    source_rows: int | None = None  # rows in the source table at the last tick
+    unplaced_rows: int | None = None  # rows no window can hold, at the last tick
+    generation: int = 0  # times the sensor started over (a reload): keeps run keys new
+    lookback_rows: int = 0  # rows in the look-back window at the last tick
+
+    def run_key(self, text: str) -> str:
+        """A run key for ``text``, new for each generation (the daemon skips a key it ran)."""
+        return f"{text}~{self.generation}" if self.generation else text
 
     @classmethod
     def from_json(cls, text: str | None) -> "SyncCursor":
@@ -45,7 +53,9 @@ class SyncCursor:
             )
         pending = {key: PendingRun(**run) for key, run in data.get("pending", {}).items()}
         return cls(data.get("watermark"), data.get("watermark_utc"), data.get("watermark_id"),
-                   data.get("digests", {}), pending)
+                   data.get("digests", {}), pending, data.get("source_rows"),
+                   data.get("unplaced_rows"), data.get("generation", 0),
+                   data.get("lookback_rows", 0))
 
     def to_json(self) -> str:
         data = asdict(self)

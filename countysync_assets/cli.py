@@ -49,10 +49,12 @@ def _print_partition_range(args: argparse.Namespace) -> None:
     """The partitions that hold the source's rows (all partitions with ``--all``)."""
     from countysync_assets.partitions import PARTITIONS
     from countysync_assets.resources.source_config import source_from_env
+    from countysync_assets.sensors.source_changes_sensor import newest_end
 
     keys = PARTITIONS.get_partition_keys()
     first, last = keys[0], keys[-1]
-    bounds = None if args.all else source_from_env(as_env_vars=False).cursor_bounds()
+    bounds = None if args.all else source_from_env(as_env_vars=False).cursor_bounds(
+        until=newest_end())
     if bounds is not None:
         low, high = (max(b, PARTITIONS.start) for b in bounds)
         first = PARTITIONS.get_partition_key_for_timestamp(low.timestamp())
@@ -109,9 +111,12 @@ def _print_status(args: argparse.Namespace) -> None:
         return
     watermark = pd.Timestamp(marks.max())
     print(f"Watermark (newest updated_at synced): {watermark.isoformat()}")
+    from countysync_assets.sensors.source_changes_sensor import newest_end
+
     source = source_from_env(as_env_vars=False)
-    newest = source.cursor_bounds()
-    behind = source.count_since(watermark.to_pydatetime() + pd.Timedelta(microseconds=1))
+    newest = source.cursor_bounds(until=newest_end())
+    behind = source.count_since(watermark.to_pydatetime() + pd.Timedelta(microseconds=1),
+                                newest_end())
     if newest is None or behind == 0:
         print("The outputs are in step with the source: no newer rows there.")
     else:

@@ -20,12 +20,17 @@ from countysync_assets.sensors.source_changes_sensor import source_changes_senso
 
 all_assets = load_assets_from_modules([assets])
 
+
 def export_io_manager_from_env() -> ExportIOManager:
     """The export IO manager with ``COUNTYSYNC_EXPORT_DIR`` and ``COUNTYSYNC_FORMATS``."""
     formats = parse_formats(os.environ.get("COUNTYSYNC_FORMATS"))
     check_formats(formats, {key.path[-1] for a in all_assets for key in a.keys})
+    wait = os.environ.get("COUNTYSYNC_LOCK_WAIT_SECONDS") or "120"
+    if not wait.strip().isdigit():
+        raise ValueError(f"COUNTYSYNC_LOCK_WAIT_SECONDS={wait!r} is not a whole number of "
+                         "seconds.")
     return ExportIOManager(export_dir=os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports",
-                           formats=formats)
+                           formats=formats, lock_wait_seconds=int(wait))
 
 
 defs = Definitions(

@@ -108,3 +108,21 @@ def execute(url: str, statement: str, **params) -> None:
 def syncing(demo_url, tmp_path, instance) -> InProcessSync:
     """The change sensor over the demo source, an export folder and a real instance."""
     return InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
+
+
+RELIABILITY: list[dict] = []
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    """Record one row of the README's Reliability table (figures of a fault trial)."""
+    return lambda **row: RELIABILITY.append(row)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With COUNTYSYNC_RELIABILITY_REPORT set (scripts/reliability.sh), write the fault
+    trials' figures to the README's Reliability table."""
+    if os.environ.get("COUNTYSYNC_RELIABILITY_REPORT") and RELIABILITY:
+        from reliability_report import write_report
+
+        write_report(RELIABILITY, passed=exitstatus == 0)

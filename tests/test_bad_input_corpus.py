@@ -25,6 +25,7 @@ from countysync_assets.demo_source import create_demo_source
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
+pytestmark = pytest.mark.faults
 SQUARE = "POLYGON ((1950000 300000, 1950100 300000, 1950100 300100, 1950000 300100, " \
          "1950000 300000))"
 LONG_TEXT = "LONG OWNER " * 10_000  # 110 kB
@@ -250,7 +251,7 @@ def test_every_source_row_is_accounted_for_and_the_outputs_agree(corpus):
     assert len(raw) == 600 - len(REMOVED), "every other parcel was published"
 
 
-def test_counts_are_in_the_run_metadata(corpus):
+def test_counts_are_in_the_run_metadata(corpus, reliability):
     *_, run = corpus
     metadata = {e.asset_key.path[-1]: e.materialization.metadata
                 for e in run.get_asset_materialization_events()}
@@ -260,6 +261,10 @@ def test_counts_are_in_the_run_metadata(corpus):
     assert metadata["parcel_rejects"]["dagster/row_count"].value == rejected + 1
     assert metadata["unplaced_parcels"]["dagster/row_count"].value == unplaced
     assert metadata["parcel_geometry"]["z_dropped"].value == 1
+    outcomes = pd.Series([outcome for *_, outcome, _e in CORPUS]).value_counts()
+    reliability(suite="bad input", case="corpus of source defects", trials=len(CORPUS),
+                outcome=", ".join(f"{n} {kind}" for kind, n in outcomes.items()),
+                lost_or_extra_rows=0)
 
 
 def test_a_rerun_changes_nothing(corpus):

@@ -9,7 +9,14 @@ table fixes it, and a fixed row leaves ``parcel_rejects``.
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetOut, BackfillPolicy, Output, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetOut,
+    BackfillPolicy,
+    Failure,
+    Output,
+    multi_asset,
+)
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
@@ -75,6 +82,12 @@ def master_parcels(context: AssetExecutionContext, source: MasterParcelsSource):
                       ignore_index=True)
     frame = frame.rename(columns={source.key_column: "id", source.cursor_column: "updated_at",
                                   source.geometry_column: "geometry"})
+    missing = [column for column in PARCEL_COLUMNS if column not in frame]
+    if missing:  # else existing parcels would keep stale values and new ones get NULL
+        raise Failure(
+            f"{source.table} has no column(s) {', '.join(missing)}, which the outputs hold "
+            f"({source.display_url()}). Restore them, or point COUNTYSYNC_SOURCE_TABLE at a "
+            "view that provides them under these names, then re-run. No output was changed.")
     good, rejects = check_rows(frame, window)
     context.log.info(f"Read {len(frame)} changed rows from {source.display_url()}.")
     if len(rejects):

@@ -28,8 +28,12 @@ from countysync_assets.io_managers.format_io_manager import (
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
 from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
 from countysync_assets.io_managers.json_io_manager import JsonIOManager
-from countysync_assets.io_managers.output_transactions import OutputTransactions, explain
-from countysync_assets.io_managers.publishing import asset_name
+from countysync_assets.io_managers.output_transactions import (
+    OutputTransactions,
+    check_room,
+    explain,
+)
+from countysync_assets.io_managers.publishing import asset_name, remove_stale_temps
 from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
 
 FORMAT_MANAGERS: dict[str, type[FormatIOManager]] = {
@@ -135,6 +139,9 @@ class ExportIOManager(ConfigurableIOManager):
         # Transactions commit first (in the order formats are listed): should one fail,
         # no file has been renamed into place yet.
         chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
+        if removed := remove_stale_temps(self.export_dir):
+            context.log.info(f"Removed {removed} bytes of staging files a killed run left.")
+        check_room(self.export_dir, obj, asset_name(context))
         files = OutputTransactions(self.lock_wait_seconds)
         files.check_writable(self.databases())
         staged = []

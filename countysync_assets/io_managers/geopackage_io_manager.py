@@ -13,6 +13,7 @@ GeoPackage geometry blob carries in its header (GeoPackage spec, clause 2.1.3).
 import os
 import sqlite3
 import struct
+from contextlib import closing
 from pathlib import Path
 
 import geopandas as gpd
@@ -203,17 +204,28 @@ class GeoPackageIOManager(FormatIOManager):
 
     def load_input(self, context: InputContext) -> gpd.GeoDataFrame | pd.DataFrame:
         """The current features of the requested partitions (all if unpartitioned). An input
-        with ``metadata={"columns": [...]}`` reads only those attributes, without geometry;
-        with ``"missing_ok": True`` a layer not written yet reads as no rows."""
+        with ``metadata={"columns": [...]}`` reads only those attributes, without geometry
+        (with sqlite3: the library the writes use, since two SQLite libraries must not hold
+        one file open in the same process); with ``"missing_ok": True`` a layer not written
+        yet reads as no rows."""
         path, layer = self._target(context)
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
         wanted = (context.definition_metadata or {}).get("columns")
-        if (context.definition_metadata or {}).get("missing_ok") and (
-                not path.exists() or layer not in pyogrio.list_layers(path)[:, 0]):
-            return pd.DataFrame(columns=wanted or [])
-        window, where = input_window(context), None
+        window, where = input_window(context), ""
         if window is not None:
-            where = (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
+            where = (f" WHERE {quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
                      f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
-        return pyogrio.read_dataframe(path, layer=layer, where=where, use_arrow=True,
-                                      columns=wanted, read_geometry=wanted is None)
+        if wanted:
+            if not path.exists() and (context.definition_metadata or {}).get("missing_ok"):
+                return pd.DataFrame(columns=wanted)
+            with closing(sqlite3.connect(path)) as conn:
+                if not conn.execute("SELECT 1 FROM gpkg_contents WHERE table_name = ?",
+                                    (layer,)).fetchone():
+                    return pd.DataFrame(columns=wanted)
+                frame = pd.read_sql_query(
+                    f"SELECT {', '.join(map(quote, wanted))} FROM {quote(layer)}{where}", conn)
+            if cursor in frame:
+                frame[cursor] = pd.to_datetime(frame[cursor], utc=True, format="ISO8601")
+            return frame
+        return pyogrio.read_dataframe(path, layer=layer, where=where.removeprefix(" WHERE ")
+                                      or None, use_arrow=True)

@@ -10,6 +10,7 @@ database the run writes is checked for the lock before the first one is written.
 
 import errno
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -64,7 +65,7 @@ def open_database(path: Path) -> sqlite3.Connection:
 
 def wait_for(path: Path, attempt: Callable[[], None], what: str, wait_seconds: float) -> None:
     """Run ``attempt`` until no other program's lock stops it, with backoff, logging who
-    holds the file every few seconds; after ``wait_seconds``, fail naming them."""
+    holds the file at once and every 10 s; after ``wait_seconds``, fail naming them."""
     started = time.monotonic()
     delay, logged = 0.1, started
     while True:
@@ -81,7 +82,7 @@ def wait_for(path: Path, attempt: Callable[[], None], what: str, wait_seconds: f
                 f"{waited:.0f} s, so the sync could not {what}. Close the file there (or end its "
                 "editing session) and run the sync again; the outputs are as they were before "
                 "this run.") from None
-        if time.monotonic() - logged >= 5:
+        if logged == started or time.monotonic() - logged >= 10:
             get_dagster_logger().warning(
                 f"Waiting for {path.name}, locked by {lock_holders(path)} ({waited:.0f} s of at "
                 f"most {wait_seconds:.0f} s).")
@@ -141,16 +142,40 @@ class OutputTransactions:
         return conn, StagedWrite(description, [commit], [lambda: abandon(conn)])
 
 
+# Room a run needs on the export disk, as a multiple of the rows it holds in memory: the
+# SQLite files, their write-ahead logs, the GeoPackage and the change files of every output
+# built from those rows (measured: about 3x; 8x leaves room for indexes and the WAL).
+ROOM_FACTOR = 8
+
+
+def check_room(export_dir: str, rows: object, asset: str) -> None:
+    """Refuse to start writing when the export disk cannot hold what the run writes, so a
+    full disk stops a run before its first output, not between two of them."""
+    size = rows.memory_usage(deep=True).sum() if hasattr(rows, "memory_usage") else 0
+    needed = ROOM_FACTOR * int(size) + 16 * 2**20
+    root = Path(export_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise OutputError(
+            f"Cannot write {asset}: the disk holding {export_dir} is full (it has "
+            f"{free / 2**20:.0f} MB free, and this sync needs about {needed / 2**20:.0f} MB). "
+            "Free space there (or set COUNTYSYNC_EXPORT_DIR to a larger disk) and run the "
+            "sync again; the outputs are as they were before this run.")
+
+
 def explain(err: BaseException, asset: str, export_dir: str) -> OutputError | None:
     """One clear line for a failure to write ``asset``'s outputs that is the machine's, not
     the data's (a full disk, a read-only folder, a file in the way); None for other errors."""
     text = str(err)
-    if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "disk is full" in text \
-            or "No space left" in text:
+    # SQLite in WAL mode reports a full disk as an I/O error when its -shm or -wal cannot grow
+    if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or any(
+            words in text for words in ("disk is full", "No space left", "disk I/O error")):
         return OutputError(
-            f"Cannot write {asset}: the disk holding {export_dir} is full. Free space there "
-            "(or set COUNTYSYNC_EXPORT_DIR to a larger disk) and run the sync again; the "
-            "outputs are as they were before this run.")
+            f"Cannot write {asset}: the disk holding {export_dir} is full or failing "
+            f"({text.splitlines()[0] if text else type(err).__name__}). Free space there (or "
+            "set COUNTYSYNC_EXPORT_DIR to a larger disk) and run the sync again; the outputs "
+            "are as they were before this run.")
     if (isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)) \
             or "readonly database" in text or "unable to open database file" in text:
         return OutputError(

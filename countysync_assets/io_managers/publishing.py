@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 from dagster import InputContext, OutputContext
 
 _SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -52,9 +53,35 @@ def asset_name(context: OutputContext | InputContext) -> str:
 def temp_sibling(path: Path) -> Path:
     """A hidden temp path in the same folder, so ``os.replace`` onto ``path`` is atomic.
 
-    It keeps the extension last, as GDAL expects of a GeoPackage."""
+    It keeps the extension last, as GDAL expects of a GeoPackage, and names the process that
+    writes it, so a later run can tell a dead writer's leftovers (``remove_stale_temps``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp{path.suffix}")
+
+
+_TEMP = re.compile(r"^\..*\.(\d+)-[0-9a-f]{6}\.tmp")
+
+
+def remove_stale_temps(export_dir: str | os.PathLike) -> int:
+    """Delete the staging files that writers killed before they could clean up left behind
+    (their process is gone, or is a newer one with the same number); bytes removed."""
+    removed = 0
+    root = Path(export_dir)
+    for path in [*root.glob(".*.tmp*"), *root.glob("*/.*.tmp*")]:
+        match = _TEMP.match(path.name)
+        if not match:
+            continue
+        try:
+            started = psutil.Process(int(match.group(1))).create_time()
+            if started <= path.stat().st_mtime:
+                continue  # its writer still runs
+        except psutil.NoSuchProcess:
+            pass
+        except FileNotFoundError:
+            continue
+        removed += path.stat().st_size if path.exists() else 0
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def timestamps_to_iso(frame: pd.DataFrame) -> pd.DataFrame:

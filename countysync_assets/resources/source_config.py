@@ -2,6 +2,7 @@
 
 Every string setting is passed as a Dagster ``EnvVar``, so the UI shows the variable's name,
 never its value: the password and a URL holding one stay out of the UI, logs and run storage.
+Numbers and flags hold no secret and are passed as values, checked when the code loads.
 """
 
 import os
@@ -60,7 +61,8 @@ def source_from_env(as_env_vars: bool = True) -> MasterParcelsSource:
         if os.environ.get(variable):
             if not os.environ[variable].strip().isdigit():
                 raise ValueError(f"{variable}={os.environ[variable]!r} is not a whole number.")
-            settings[field] = EnvVar.int(variable) if as_env_vars else int(os.environ[variable])
+            # plain numbers, not EnvVar: no secret, and checked (batch size > 0) at load time
+            settings[field] = int(os.environ[variable])
     for field, variable in BOOL_SETTINGS.items():
         if os.environ.get(variable):
             settings[field] = _flag(variable)

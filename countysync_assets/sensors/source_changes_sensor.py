@@ -90,25 +90,28 @@ def request(state: SyncCursor, run_key: str, first: str, last: str, attempt: int
     """A run for partitions first..last, remembered in the cursor until it succeeds."""
     state.pending[run_key] = PendingRun(first, last, attempt, time.time())
     if first == last:
-        return RunRequest(run_key=run_key, partition_key=first)
-    return RunRequest(run_key=run_key, tags=range_tags(first, last))
+        return RunRequest(run_key=run_key, partition_key=first, job_name=sync_job.name)
+    return RunRequest(run_key=run_key, tags=range_tags(first, last), job_name=sync_job.name)
 
 
 def dead_run(context: SensorEvaluationContext, record) -> str | None:
-    """Why a run that says STARTED will never finish, or None: its process is gone from this
-    machine (the run launcher starts runs here), or it recorded nothing for
-    ``STALLED_AFTER_SECONDS``."""
+    """Why a run that says STARTED (or is still starting) will never finish, or None: its
+    process is gone from this machine (the run launcher starts runs here), it recorded
+    nothing for ``STALLED_AFTER_SECONDS``, or it never got past starting."""
     run = record.dagster_run
-    last = context.instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
-    if not last:
-        return None
-    entry = last[0].event_log_entry
-    pid = entry.dagster_event.pid if entry.dagster_event else None
-    if pid and isinstance(context.instance.run_launcher, DefaultRunLauncher) \
-            and not process_alive(pid, entry.timestamp):
+    entries = [r.event_log_entry for r in context.instance.get_records_for_run(
+        run.run_id, limit=50, ascending=False).records]
+    # the newest event that names its process (log lines do not)
+    pid = next((e.dagster_event.pid for e in entries if e.dagster_event), None)
+    if run.status == DagsterRunStatus.STARTED and pid and \
+            isinstance(context.instance.run_launcher, DefaultRunLauncher) and \
+            not process_alive(pid, entries[0].timestamp):
         return f"its process (pid {pid}) is gone"
-    idle = time.time() - entry.timestamp
-    if idle > STALLED_AFTER_SECONDS:
+    idle = time.time() - (entries[0].timestamp if entries else record.create_timestamp
+                          .timestamp())
+    limit = STALLED_AFTER_SECONDS if run.status == DagsterRunStatus.STARTED else \
+        UNLAUNCHED_AFTER_SECONDS
+    if idle > limit:
         return f"it recorded nothing for {idle:.0f} s"
     return None
 
@@ -122,9 +125,27 @@ def process_alive(pid: int, since: float) -> bool:
         return False
 
 
-def retry_failed(context: SensorEvaluationContext, state: SyncCursor) -> list[RunRequest]:
-    """Requests again the pending runs that failed (after a backoff), died or never
-    started."""
+def mark_dead_runs(context: SensorEvaluationContext) -> set[str]:
+    """Mark failed every run that says STARTED but died (a killed CLI run too, which no
+    request of this sensor's tracks), so none is left STARTED for ever; their run ids."""
+    died = set()
+    for record in context.instance.get_run_records(RunsFilter(statuses=[
+            DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]),
+            limit=100):
+        if why := dead_run(context, record):
+            context.instance.report_run_failed(
+                record.dagster_run, f"countysync's change sensor marked this run failed: "
+                f"{why}. A run of the sensor's is requested again.")
+            context.log.warning(f"Run {record.dagster_run.run_id[:8]} died ({why}): marked "
+                                "failed.")
+            died.add(record.dagster_run.run_id)
+    return died
+
+
+def retry_failed(context: SensorEvaluationContext, state: SyncCursor, died: set[str]
+                 ) -> list[RunRequest]:
+    """Requests again the pending runs that failed (after a backoff), died (at once) or
+    never started."""
     retries = []
     now = time.time()
     for run_key, pending in list(state.pending.items()):
@@ -134,17 +155,13 @@ def retry_failed(context: SensorEvaluationContext, state: SyncCursor) -> list[Ru
         if status == DagsterRunStatus.SUCCESS:
             del state.pending[run_key]
             continue
-        if status == DagsterRunStatus.STARTED and (why := dead_run(context, records[0])):
+        if status in FAILED:
             run = records[0].dagster_run
-            context.instance.report_run_failed(
-                run, f"countysync's change sensor marked this run failed: {why}. It is "
-                "requested again.")
-            reason = f"run {run.run_id[:8]} died: {why}"
-        elif status in FAILED:
-            backoff = min(INTERVAL_SECONDS * 2 ** (pending.attempt - 1), 3600)
+            backoff = 0 if run.run_id in died else \
+                min(INTERVAL_SECONDS * 2 ** (pending.attempt - 1), 3600)
             if now < (records[0].end_time or now) + backoff:
                 continue
-            reason = f"run {records[0].dagster_run.run_id[:8]} {status}"
+            reason = f"run {run.run_id[:8]} {'died' if run.run_id in died else status}"
         elif not records and now - pending.requested_at > UNLAUNCHED_AFTER_SECONDS:
             reason = "no run was launched"
         else:
@@ -246,7 +263,7 @@ def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
 def source_changes_sensor(context: SensorEvaluationContext,
                           source: MasterParcelsSource) -> SensorResult:
     state = SyncCursor.from_json(context.cursor)
-    run_requests = retry_failed(context, state)
+    run_requests = retry_failed(context, state, mark_dead_runs(context))
     run_requests += uncursored_changes(context, source, state)
     since = PARTITIONS.start
     if state.watermark_time:

@@ -1,0 +1,194 @@
+"""The fault suite, part two: the export folder misbehaves. A desktop GIS holds a write lock on
+an output, a reader keeps a transaction open on the GeoPackage, the folder is read-only, the
+disk is full. Each costs a bounded, logged wait and then one clear line naming the file and
+what to do; the previous outputs stay exactly as they were, and the next run is whole."""
+
+import multiprocessing
+import sqlite3
+import subprocess
+import threading
+import time
+from contextlib import closing
+from datetime import timedelta
+
+import pytest
+from conftest import AS_OF, FIRST_KEY, materialize_range, skip_or_fail_in_ci
+from dagster import materialize
+from output_checks import assert_outputs_match_source, partition_keys, snapshot
+
+from countysync_assets.definitions import all_assets
+from countysync_assets.demo_source import churn
+from countysync_assets.io_managers.export_io_manager import ExportIOManager
+from countysync_assets.partitions import range_tags
+from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+
+pytestmark = pytest.mark.faults
+KEYS = partition_keys(FIRST_KEY, "2026-06-01")
+DATABASES = ["raw_db.sqlite", "working_db.sqlite", "stats_db.sqlite", "rejects_db.sqlite",
+             "geo_db.gpkg"]
+
+
+def sync(url: str, exports, instance, lock_wait: float = 120):
+    """Every asset over the demo windows and the day after, as one run."""
+    return materialize(
+        all_assets, instance=instance, tags=range_tags(FIRST_KEY, "2026-06-01"),
+        resources={"source": MasterParcelsSource(url=url),
+                   "io_manager": ExportIOManager(export_dir=str(exports),
+                                                 lock_wait_seconds=lock_wait)},
+        raise_on_error=False)
+
+
+def failure(result) -> str:
+    return result.get_step_failure_events()[0].event_specific_data.error.message
+
+
+@pytest.fixture
+def county(demo_url, tmp_path, instance):
+    """A synced county with a day of edits waiting: (url, exports, snapshot before)."""
+    exports = tmp_path / "exports"
+    assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
+    churn(demo_url, updates=40, inserts=5, deletes=3, seed=2, now=AS_OF + timedelta(hours=3))
+    return demo_url, exports, snapshot(exports)
+
+
+def hold_write_lock(path: str, ready, release) -> None:
+    """Another program (a desktop GIS in an edit session) holding the file's write lock."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    ready.set()
+    release.wait(120)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_a_locked_output_fails_clearly_and_changes_nothing(database, county, instance,
+                                                           reliability):
+    url, exports, before = county
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_write_lock, args=(str(exports / database), ready,
+                                                           release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        result = sync(url, exports, instance, lock_wait=2)
+    finally:
+        release.set()
+        holder.join(60)
+    assert not result.success
+    message = failure(result)
+    assert f"{database} is locked by " in message and message.strip().count("\n") == 0
+    assert f"(pid {holder.pid})" in message and "run the sync again" in message
+    assert snapshot(exports) == before, "a lock must change no output"
+    assert sync(url, exports, instance).success
+    assert_outputs_match_source(url, exports, KEYS, file_keys=[])
+    reliability(suite="export folder", case=f"write lock on {database}", trials=1,
+                outcome="clear error, outputs unchanged, next run whole")
+
+
+def test_a_lock_released_during_the_wait_costs_only_the_wait(county, instance):
+    url, exports, _ = county
+    conn = sqlite3.connect(exports / "working_db.sqlite", isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    threading.Timer(3, lambda: conn.execute("ROLLBACK")).start()
+    result = sync(url, exports, instance, lock_wait=60)
+    conn.close()
+    assert result.success
+    assert_outputs_match_source(url, exports, KEYS, file_keys=[])
+
+
+def hold_a_read_transaction(path: str, ready, release) -> None:
+    """Another program reading the GeoPackage, in the middle of a transaction."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM parcels").fetchone()
+    ready.set()
+    release.wait(120)
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+def test_a_reader_holding_the_geopackage_open_does_not_hold_up_the_sync(county, instance):
+    """A reader mid-transaction on geo_db.gpkg used to hang a sync for 15 minutes."""
+    url, exports, _ = county
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    reader = context.Process(target=hold_a_read_transaction,
+                             args=(str(exports / "geo_db.gpkg"), ready, release))
+    reader.start()
+    try:
+        assert ready.wait(60)
+        started = time.monotonic()
+        result = sync(url, exports, instance, lock_wait=30)
+    finally:
+        release.set()
+        reader.join(60)
+    assert result.success, failure(result)
+    assert time.monotonic() - started < 30
+    assert_outputs_match_source(url, exports, KEYS, file_keys=[])
+
+
+def mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode:
+        skip_or_fail_in_ci(f"cannot mount here ({done.stderr.strip()})")
+
+
+def test_a_read_only_export_folder_fails_clearly(county, instance, tmp_path, reliability):
+    url, exports, before = county
+    mount("--bind", str(exports), str(exports))
+    try:
+        mount("-o", "remount,bind,ro", str(exports))
+        result = sync(url, exports, instance)
+    finally:
+        subprocess.run(["umount", str(exports)], check=True)
+    assert not result.success
+    message = failure(result)
+    assert "is not writable for the user running Dagster" in message, message
+    assert snapshot(exports) == before
+    assert sync(url, exports, instance).success
+    assert_outputs_match_source(url, exports, KEYS, file_keys=[])
+    reliability(suite="export folder", case="read-only folder", trials=1,
+                outcome="clear error, outputs unchanged, next run whole")
+
+
+def test_a_full_disk_fails_clearly_and_keeps_the_previous_outputs(demo_url, tmp_path,
+                                                                   instance, reliability):
+    exports = tmp_path / "small"
+    exports.mkdir()
+    mount("-t", "tmpfs", "-o", "size=40m", "tmpfs", str(exports))
+    try:
+        assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
+        before = snapshot(exports)
+        churn(demo_url, inserts=12_000, seed=3, now=AS_OF + timedelta(hours=3))
+        result = sync(demo_url, exports, instance)
+        assert not result.success
+        message = failure(result)
+        assert "the disk holding" in message and "is full" in message, message
+        # (a WAL database cannot even be read while its disk is full: space first)
+        subprocess.run(["mount", "-o", "remount,size=200m", str(exports)], check=True)
+        assert snapshot(exports) == before, "a full disk must leave the outputs as they were"
+        assert sync(demo_url, exports, instance).success
+        assert_outputs_match_source(demo_url, exports, KEYS, file_keys=[])
+    finally:
+        subprocess.run(["umount", "-l", str(exports)], check=True)
+    reliability(suite="export folder", case="full disk (tmpfs)", trials=1,
+                outcome="clear error, outputs unchanged, next run whole")
+
+
+def test_locks_are_waited_for_with_the_holder_named_in_the_log(county, instance, caplog):
+    url, exports, _ = county
+    conn = sqlite3.connect(exports / "stats_db.sqlite", isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    threading.Timer(7, lambda: conn.execute("ROLLBACK")).start()
+    result = sync(url, exports, instance, lock_wait=60)
+    conn.close()
+    assert result.success
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    waiting = [m for m in logs if m.startswith("Waiting for stats_db.sqlite, locked by")]
+    assert waiting, "a wait on a lock must be logged"
+    with closing(sqlite3.connect(exports / "stats_db.sqlite")) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster_home}"
 mkdir -p "$DAGSTER_HOME"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# create the instance's storage once, before any run: two runs starting at once on a new
+# DAGSTER_HOME would both try to create it
+.venv/bin/dagster instance migrate > "$DAGSTER_HOME/instance-migrate.log" 2>&1 || {
+  cat "$DAGSTER_HOME/instance-migrate.log"; exit 1; }
 .venv/bin/countysync demo-source --rows "${ROWS:-50000}"
 range=$(.venv/bin/countysync partition-range)
 echo "Materializing every asset for partitions $range in one run ..."

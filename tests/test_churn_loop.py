@@ -1,4 +1,4 @@
-"""Twenty days of assessor work: after each, the change sensor's runs and the delete check
+"""Ten days of assessor work: after each, the change sensor's runs and the delete check
 must bring every current-state output back in step with the source."""
 
 from datetime import timedelta
@@ -9,11 +9,11 @@ from output_checks import assert_outputs_match_source, partition_keys
 from countysync_assets.demo_source import churn
 
 
-def test_twenty_rounds_of_churn_stay_in_step(syncing, demo_url, tmp_path):
+def test_ten_rounds_of_churn_stay_in_step(syncing, demo_url, tmp_path):
     exports = tmp_path / "exports"
     keys = partition_keys(FIRST_KEY, "2026-06-01")
     assert all(syncing.run(syncing.tick()))
-    for day in range(20):
+    for day in range(10):
         churn(demo_url, updates=30, inserts=8, deletes=5, seed=day,
               now=AS_OF + timedelta(hours=day + 1, minutes=7 * day))
         requested = syncing.tick()

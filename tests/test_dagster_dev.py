@@ -22,9 +22,9 @@ from countysync_assets.demo_source import create_demo_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "Never-Sh0w-Me"
-SYNCED = ["master_parcels", "working", "stats", "parcel_geometry", "geometry_rejects",
-          "use_code_summary"]
-ASSETS = [*SYNCED, "deleted_parcels"]
+SYNCED = ["master_parcels", "parcel_rejects", "working", "stats", "parcel_geometry",
+          "geometry_rejects", "use_code_summary"]
+ASSETS = [*SYNCED, "deleted_parcels", "unplaced_parcels"]
 
 
 def free_port() -> int:
@@ -79,6 +79,7 @@ def dagster_dev(tmp_path_factory):
     env.update(DAGSTER_HOME=str(home / "home"), COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
                COUNTYSYNC_EXPORT_DIR=str(home / "exports"), COUNTYSYNC_SOURCE_PASSWORD=SECRET)
     (home / "home").mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "home" / "dagster.yaml")  # as demo.sh does
     server = DagsterDev(home, env)
     server.start()
     try:

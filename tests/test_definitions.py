@@ -2,6 +2,7 @@
 configuration, and refuses bad configuration with a message that names the setting."""
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -82,3 +83,51 @@ def test_hourly_sync_through_the_cli_as_the_readme_runs_it(tmp_path):
     assert files == [f"2026-06-01-0{h}00.csv" for h in range(6)]
     with closing(sqlite3.connect(tmp_path / "out" / "working_db.sqlite")) as conn:
         assert conn.execute("SELECT count(*) FROM working").fetchone()[0] == 300
+
+
+EXAMPLES = {
+    "COUNTYSYNC_SOURCE_URL": "postgresql+psycopg://reader@127.0.0.1:5432/assessor",
+    "COUNTYSYNC_SOURCE_HOST": "gis-sql.county.local", "COUNTYSYNC_SOURCE_PORT": "1433",
+    "COUNTYSYNC_SOURCE_DATABASE": "Assessor", "COUNTYSYNC_SOURCE_USER": "reader",
+    "COUNTYSYNC_SOURCE_PASSWORD": "p@ss:w/o%rd#", "COUNTYSYNC_SOURCE_ODBC_DRIVER": "FreeTDS",
+    "COUNTYSYNC_SOURCE_ENCRYPT": "true", "COUNTYSYNC_SOURCE_TRUST_SERVER_CERTIFICATE": "false",
+    "COUNTYSYNC_DEMO_SOURCE_PATH": "data/other.sqlite", "COUNTYSYNC_SOURCE_TABLE": "Parcels",
+    "COUNTYSYNC_SOURCE_SCHEMA": "dbo", "COUNTYSYNC_SOURCE_KEY_COLUMN": "parcel_key",
+    "COUNTYSYNC_SOURCE_CURSOR_COLUMN": "modified", "COUNTYSYNC_SOURCE_GEOMETRY_COLUMN": "shape",
+    "COUNTYSYNC_SOURCE_SRID": "2927", "COUNTYSYNC_SOURCE_TIMEZONE": "America/Los_Angeles",
+    "COUNTYSYNC_SOURCE_BATCH_SIZE": "2000", "COUNTYSYNC_PARTITION_GRANULARITY": "hourly",
+    "COUNTYSYNC_PARTITION_START": "2026-11-01", "COUNTYSYNC_EXPORT_DIR": "out",
+    "COUNTYSYNC_FORMATS": '{"working": ["sqlite", "csv"]}',
+    "COUNTYSYNC_SENSOR_INTERVAL_SECONDS": "30", "COUNTYSYNC_SENSOR_OVERLAP_SECONDS": "600",
+    "COUNTYSYNC_SENSOR_MAX_ROWS_PER_POLL": "5000", "COUNTYSYNC_SENSOR_MAX_RUNS_PER_TICK": "5",
+    "COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS": "900", "COUNTYSYNC_LOCK_WAIT_SECONDS": "30",
+}
+
+
+def readme_variables() -> set[str]:
+    """Every variable of the README's configuration table (`_PORT` after
+    `COUNTYSYNC_SOURCE_HOST` stands for COUNTYSYNC_SOURCE_PORT)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Configuration", 1)[1].split("\n\n", 2)[1]
+    names = set()
+    for line in table.splitlines()[2:]:
+        first = line.split("|")[1]
+        full = re.findall(r"`(COUNTYSYNC_[A-Z_]+)`", first)
+        prefix = "_".join(full[0].split("_")[:2])
+        names.update(full)
+        names.update(prefix + short for short in re.findall(r"`(_[A-Z_]+)`", first))
+    return names
+
+
+def test_every_configuration_variable_can_be_set(tmp_path, monkeypatch):
+    """Each variable of the README's table, set to an ordinary value, loads: one batch size
+    once broke loading (an EnvVar number failed the resource's own check)."""
+    assert readme_variables() == set(EXAMPLES), "document and test the same variables"
+    result = validate(tmp_path, **EXAMPLES)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    from countysync_assets.resources.source_config import source_from_env
+
+    for variable, value in EXAMPLES.items():
+        monkeypatch.setenv(variable, value)
+    source = source_from_env(as_env_vars=False)
+    assert (source.batch_size, source.port, source.srid) == (2000, 1433, 2927)

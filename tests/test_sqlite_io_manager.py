@@ -9,6 +9,7 @@ from dagster import build_input_context
 from io_contexts import input_context, logged, output_context
 
 from countysync_assets.io_managers.format_io_manager import removals
+from countysync_assets.io_managers.output_transactions import OutputTransactions
 from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
 
 
@@ -163,7 +164,8 @@ def test_running_totals_follow_inserts_updates_and_deletes(manager):
     tombstones = things([(3, "b", "2026-05-29 02:00")]).assign(
         deleted_at=pd.Timestamp("2026-05-30", tz="UTC").as_unit("us"))
     manager.stage_delete("things", output_context().definition_metadata,
-                         removals(tombstones, "deleted_at"), "run", tombstones).commit()
+                         removals(tombstones, "deleted_at"), "run", OutputTransactions(),
+                         tombstones).commit()
     assert county_totals(manager) == group_by(manager) == [
         {"name": "a", "n": 2, "ids": 5, "named": 2}, {"name": "c", "n": 1, "ids": 2, "named": 1}]
 

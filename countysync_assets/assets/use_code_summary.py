@@ -29,8 +29,9 @@ COLUMNS = {
 )
 def use_code_summary(stats: pd.DataFrame) -> Output[pd.DataFrame]:
     """``stats`` arrives already totalled per use code (the input's ``aggregate``)."""
-    summary = stats.sort_values("use_code", ignore_index=True)
-    summary["total_acres"] = summary["total_acres"].round(4)
+    summary = stats.sort_values("use_code", ignore_index=True).astype(
+        {"parcel_count": "Int64", "total_acres": "float64", "total_assessed_value": "Int64"})
+    summary["total_acres"] = summary["total_acres"].round(4)  # (an empty county: no rows)
     return Output(summary, metadata={
         "dagster/row_count": len(summary),
         "parcels": int(summary["parcel_count"].sum()),

@@ -127,7 +127,9 @@ def backfill_and_wait(url: str, keys: list[str], home: Path) -> None:
           __typename ... on LaunchBackfillSuccess { backfillId }
           ... on PythonError { message } } }""", params={
         "partitionNames": keys, "title": "test backfill",
-        "assetSelection": [{"path": [a]} for a in SYNCED]})
+        # the partitioned assets: one run (use_code_summary, county-wide, is synced by the
+        # sensor's runs; in a backfill it would be a second run, half a minute later)
+        "assetSelection": [{"path": [a]} for a in SYNCED if a != "use_code_summary"]})
     result = launched["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
     deadline = time.monotonic() + 300

@@ -35,7 +35,11 @@ from countysync_assets.assets.asset_metadata import (
     where_stored,
 )
 from countysync_assets.assets.master_parcels import PUBLISHED
-from countysync_assets.io_managers.format_io_manager import DELETES_FROM, SUPERSEDES
+from countysync_assets.io_managers.format_io_manager import (
+    DELETES_FROM,
+    FIRST_WRITE,
+    SUPERSEDES,
+)
 from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
@@ -134,7 +138,7 @@ def check_share(context: AssetExecutionContext, config: DeleteCheckConfig, gone:
             "delete unless confirmed.",
             kinds={"sql", "pandas", "sqlite", "csv", "json"},
             metadata={**storage_metadata(COLUMNS, ["csv", "json"], keyed=False),
-                      DELETES_FROM: TARGETS},
+                      DELETES_FROM: TARGETS, FIRST_WRITE: True},
         ),
         "unplaced_parcels": AssetOut(
             description="Source rows no sync window can hold (no id; updated_at NULL, before "

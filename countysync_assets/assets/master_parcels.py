@@ -31,7 +31,7 @@ from countysync_assets.assets.parcel_geometry import REJECTS_STORAGE as GEOMETRY
 from countysync_assets.assets.row_checks import check_rows
 from countysync_assets.assets.stats import STORAGE as STATS_STORAGE
 from countysync_assets.assets.working import STORAGE as WORKING_STORAGE
-from countysync_assets.io_managers.format_io_manager import SUPERSEDES
+from countysync_assets.io_managers.format_io_manager import FIRST_WRITE, SUPERSEDES
 from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN, MasterParcelsSource
 
@@ -60,7 +60,7 @@ PUBLISHED = {"master_parcels": RAW_STORAGE, "working": WORKING_STORAGE, "stats":
             description="Rows of the MasterParcels table whose updated_at falls in the window "
             "and that passed the row checks (raw_db.sqlite).",
             kinds={"sql", "pandas", "sqlite"},
-            metadata={**RAW_STORAGE,
+            metadata={**RAW_STORAGE, FIRST_WRITE: True,
                       SUPERSEDES: {"parcel_rejects": where_stored(REJECTS_STORAGE)}},
         ),
         "parcel_rejects": AssetOut(

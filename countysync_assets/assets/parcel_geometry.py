@@ -46,8 +46,10 @@ def parse_geometry(raw: pd.Series) -> np.ndarray:
     binary = np.array([isinstance(v, bytes | bytearray | memoryview) for v in values], bool)
     text = np.array([isinstance(v, str) for v in values], bool)
     geometry = np.full(len(values), None, dtype=object)
-    geometry[binary] = shapely.from_wkb([bytes(v) for v in values[binary]], on_invalid="ignore")
-    geometry[text] = shapely.from_wkt(values[text], on_invalid="ignore")
+    with np.errstate(invalid="ignore"):  # unparseable values are None, and rejected
+        geometry[binary] = shapely.from_wkb([bytes(v) for v in values[binary]],
+                                            on_invalid="ignore")
+        geometry[text] = shapely.from_wkt(values[text], on_invalid="ignore")
     return geometry
 
 

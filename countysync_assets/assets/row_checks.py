@@ -24,6 +24,10 @@ INT64 = 2**63
 KIND = {name: kind.split(":")[0] for name, kind in PARCEL_COLUMNS.items()}
 
 
+class Verbatim(str):
+    """Words put into a reason as they are (a value would be quoted and shortened)."""
+
+
 class Problems:
     """The reasons found per row, in the order the checks ran."""
 
@@ -31,9 +35,13 @@ class Problems:
         self.reasons: dict[object, list[str]] = {}
         self.index = index
 
-    def add(self, flagged: pd.Series, words: pd.Series) -> None:
-        """Record ``words`` (a reason per row) for the rows where ``flagged`` is true."""
-        for row, text in words[flagged].items():
+    def add(self, flagged: pd.Series, reason: str, values: pd.Series | None = None) -> None:
+        """Record ``reason`` for the rows where ``flagged`` is true; its ``{}`` is each row's
+        value (worded only for these rows: a clean batch costs no Python per row)."""
+        for row in flagged.index[flagged.to_numpy(dtype=bool)]:
+            value = values[row] if values is not None else None
+            text = reason if values is None else reason.format(
+                value if isinstance(value, Verbatim) else short(value))
             self.reasons.setdefault(row, []).append(text)
 
     def rejected(self) -> pd.Series:
@@ -49,19 +57,19 @@ def _numbers(column: str, values: pd.Series, problems: Problems, whole: bool) ->
     present but not a finite number (of the right kind) is a problem."""
     numbers = pd.to_numeric(values, errors="coerce") if values.dtype == object \
         else values.astype("float64" if values.dtype.kind == "f" else values.dtype)
-    present = values.notna() & ~_is_nan_float(values)
-    words = values.map(short)
-    problems.add(present & numbers.isna(), f"{column} " + words + " is not a number")
+    nan_value = _is_nan_float(values)
+    problems.add(values.notna() & ~nan_value & numbers.isna(),
+                 f"{column} {{}} is not a number", values)
     as_float = numbers.astype("float64")
-    problems.add(np.isinf(as_float), f"{column} " + words + " is infinite")
-    problems.add(_is_nan_float(values), pd.Series(f"{column} is NaN (not a number)",
-                                                  index=values.index))
-    finite = np.isfinite(as_float)
+    problems.add(pd.Series(np.isinf(as_float), index=values.index),
+                 f"{column} {{}} is infinite", values)
+    problems.add(nan_value, f"{column} is NaN (not a number)")
+    finite = pd.Series(np.isfinite(as_float), index=values.index)
     if whole:
         fraction = finite & (as_float != np.round(as_float))
-        problems.add(fraction, f"{column} " + words + " is not a whole number")
+        problems.add(fraction, f"{column} {{}} is not a whole number", values)
         huge = finite & (as_float.abs() >= INT64)
-        problems.add(huge, f"{column} " + words + " is too large for a 64-bit integer")
+        problems.add(huge, f"{column} {{}} is too large for a 64-bit integer", values)
         usable = finite & ~fraction & ~huge
         result = pd.Series(pd.NA, index=values.index, dtype="Int64")
         result[usable] = numbers[usable].astype("int64") if numbers.dtype.kind != "O" \
@@ -71,15 +79,15 @@ def _numbers(column: str, values: pd.Series, problems: Problems, whole: bool) ->
         numbers = as_float.where(finite)
     if column in NON_NEGATIVE:
         problems.add((numbers < 0).fillna(False).astype(bool),
-                     f"{column} " + words + " is negative")
+                     f"{column} {{}} is negative", values)
     return numbers
 
 
 def _is_nan_float(values: pd.Series) -> pd.Series:
     """A float NaN the source returned as a value (PostgreSQL 'NaN'), not a NULL."""
-    if values.dtype.kind == "f":
+    if values.dtype != object:
         return pd.Series(False, index=values.index)  # the driver's NULLs became NaN here
-    return values.map(lambda v: isinstance(v, float) and v != v)
+    return values.map(lambda v: isinstance(v, float) and v != v).astype(bool)
 
 
 def _text(column: str, values: pd.Series, problems: Problems) -> pd.Series:
@@ -88,15 +96,14 @@ def _text(column: str, values: pd.Series, problems: Problems) -> pd.Series:
     problems."""
     if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
         raw_bytes = values.map(lambda v: isinstance(v, bytes | bytearray | memoryview))
-        problems.add(raw_bytes, f"{column} " + values.map(short)
-                     + " is not valid UTF-8 text (fix the text encoding in the master table)")
+        problems.add(raw_bytes, f"{column} {{}} is not valid UTF-8 text (fix the text "
+                     "encoding in the master table)", values)
         values = values.map(lambda v: v if v is None or isinstance(v, str | bytes) else
                             (None if isinstance(v, float) and v != v else str(v)))
         values = values.where(~raw_bytes, None)
-    nul = values.str.contains("\x00", regex=False).fillna(False).astype(bool)
-    problems.add(nul, pd.Series(f"{column} contains a NUL character (\\x00), which the "
-                                "GeoPackage, GeoJSON and CSV outputs cannot hold",
-                                index=values.index))
+    nul = values.str.contains("\x00", regex=False, na=False).astype(bool)
+    problems.add(nul, f"{column} contains a NUL character (\\x00), which the GeoPackage, "
+                 "GeoJSON and CSV outputs cannot hold")
     return values
 
 
@@ -112,20 +119,20 @@ def check_rows(frame: pd.DataFrame, window: TimeWindow) -> tuple[pd.DataFrame, p
         elif kind == "string":
             typed[column] = _text(column, frame[column], problems)
         if column in REQUIRED:
-            problems.add(frame[column].isna(), pd.Series(f"{column} is NULL (required)",
-                                                         index=frame.index))
+            problems.add(frame[column].isna(), f"{column} is NULL (required)")
     cursor = frame["updated_at"]
     if CURSOR_PROBLEM in frame:
-        problems.add(frame[CURSOR_PROBLEM].notna(), frame[CURSOR_PROBLEM].fillna(""))
+        problem = frame[CURSOR_PROBLEM]
+        problems.add(problem.notna(), "{}", problem.map(Verbatim))
     outside = cursor.notna() & ((cursor < window.start) | (cursor >= window.end))
-    problems.add(outside, "updated_at reads as " + cursor.astype(str) + " but the source "
-                 "sorts it in the window from " + f"{window.start:%Y-%m-%d %H:%M} UTC (it is "
-                 "stored as text in another form)")
+    problems.add(outside, f"updated_at reads as {{}} but the source sorts it in the window "
+                 f"from {window.start:%Y-%m-%d %H:%M} UTC (stored as text in another form)",
+                 cursor.map(Verbatim))
     ids = typed.get("id", frame["id"])
     shared = ids.notna() & ids.duplicated(keep=False)
-    counts = ids[shared].map(ids[shared].value_counts())
-    problems.add(shared, "id " + ids.astype(str) + " is shared by " + counts.astype(str)
-                 .reindex(frame.index, fill_value="") + " rows: each parcel row needs its own id")
+    counts = ids[shared].value_counts()
+    problems.add(shared, "{}", ids.astype(object).map(lambda i: Verbatim(
+        f"id {i} is shared by {counts.get(i, 0)} rows: each parcel row needs its own id")))
 
     rejected = problems.rejected()
     good = frame.assign(**typed).loc[~rejected].drop(columns=[CURSOR_PROBLEM], errors="ignore")

@@ -20,6 +20,7 @@ from pydantic import Field
 from countysync_assets.io_managers.csv_io_manager import CsvIOManager
 from countysync_assets.io_managers.format_io_manager import (
     DELETES_FROM,
+    FIRST_WRITE,
     FORMATS,
     SUPERSEDES,
     FormatIOManager,
@@ -141,9 +142,10 @@ class ExportIOManager(ConfigurableIOManager):
         chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
         if removed := remove_stale_temps(self.export_dir):
             context.log.info(f"Removed {removed} bytes of staging files a killed run left.")
-        check_room(self.export_dir, obj, asset_name(context))
         files = OutputTransactions(self.lock_wait_seconds)
-        files.check_writable(self.databases())
+        if (context.definition_metadata or {}).get(FIRST_WRITE):
+            check_room(self.export_dir, obj, asset_name(context))
+            files.check_writable(self.databases())
         staged = []
         try:
             for name, metadata, ids, tombstones in removals_from_others(

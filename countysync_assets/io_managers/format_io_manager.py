@@ -33,6 +33,9 @@ DELETES_FROM = "countysync/deletes_from"  # tombstone assets: the assets their i
 # parcel is in parcel_geometry or in geometry_rejects, as its current version decides)
 SUPERSEDES = "countysync/supersedes"
 FORMATS = "countysync/formats"  # the asset's default formats, e.g. ["sqlite", "csv"]
+# the first output a run writes: it waits for every output database to be free of other
+# programs' locks first, so a lock never leaves some outputs written and others not
+FIRST_WRITE = "countysync/first_write"
 # newer than any stored version: what a removal without a comparable time removes up to
 LATEST = pd.Timestamp.max.tz_localize("UTC").floor("us")
 

@@ -88,7 +88,7 @@ def wait_for(path: Path, attempt: Callable[[], None], what: str, wait_seconds: f
                 f"most {wait_seconds:.0f} s).")
             logged = time.monotonic()
         time.sleep(min(delay, max(wait_seconds - waited, 0)))
-        delay = min(delay * 2, 5)
+        delay = min(delay * 2, 0.5)  # a lock is often held for a moment only: look again soon
 
 
 class OutputTransactions:

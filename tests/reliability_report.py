@@ -13,18 +13,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
-COLUMNS = ["suite", "case", "trials", "killed_mid_run", "automatic_recoveries",
-           "manual_repairs", "orphan_runs_left", "temp_bytes_left", "corrupt_files",
-           "lost_or_extra_rows", "password_leaks", "outcome"]
+KILL_COLUMNS = ["case", "trials", "killed_mid_run", "automatic_recoveries", "manual_repairs",
+                "orphan_runs_left", "temp_bytes_left", "corrupt_files", "lost_or_extra_rows"]
+
+
+def markdown(columns: list[str], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(c.replace("_", " ") for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return lines
 
 
 def table(rows: list[dict]) -> str:
-    present = [c for c in COLUMNS if any(c in row for row in rows)]
-    lines = ["| " + " | ".join(c.replace("_", " ") for c in present) + " |",
-             "|" + "---|" * len(present)]
-    for row in sorted(rows, key=lambda r: (r["suite"], r["case"])):
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in present) + " |")
-    return "\n".join(lines)
+    """The kill -9 trials with their figures, then every other fault and its outcome."""
+    rows = sorted(rows, key=lambda r: (r["suite"], r["case"]))
+    kills = [r for r in rows if r["suite"] == "kill -9"]
+    others = [dict(r, outcome="; ".join(filter(None, [r.get("outcome")] + [
+        f"{k.replace('_', ' ')}: {v}" for k, v in r.items()
+        if k not in ("suite", "case", "trials", "outcome")]))) for r in rows if r not in kills]
+    return "\n".join(["kill -9 at a random moment of a run, then unattended recovery:", "",
+                      *markdown(KILL_COLUMNS, kills), "", "The other faults:", "",
+                      *markdown(["suite", "case", "trials", "outcome"], others)])
 
 
 def write_report(rows: list[dict], passed: bool) -> None:

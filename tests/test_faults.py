@@ -162,19 +162,19 @@ def prepare(mode: str, trial: Trial, seed: int) -> None:
         churn(trial.url, deletes=40, seed=seed, now=AS_OF + timedelta(hours=1))
 
 
-WAYS = {  # trial kind: (worker mode, starts from a synced county)
-    "cli-full": ("cli", False),
-    "sensor-full": ("sensor", False),
-    "sensor-incremental": ("sensor", True),
-    "reconcile": ("reconcile", True),
-    "backfill": ("backfill", False),
+WAYS = {  # trial kind: (worker mode, starts from a synced county, what the README calls it)
+    "cli-full": ("cli", False, "first sync by the README's CLI command"),
+    "sensor-full": ("sensor", False, "first sync by the change sensor's runs"),
+    "sensor-incremental": ("sensor", True, "incremental sync by the change sensor's runs"),
+    "reconcile": ("reconcile", True, "delete check (40 deletes)"),
+    "backfill": ("backfill", False, "single-run backfill of every window"),
 }
 
 
 @pytest.mark.parametrize("way", list(WAYS))
 def test_kill_9_at_random_moments_then_unattended_recovery(way, template, tmp_path,
                                                            monkeypatch, reliability):
-    mode, synced = WAYS[way]
+    mode, synced, label = WAYS[way]
     rng = random.Random(f"countysync-{way}")
     killed_mid_run = recovered = 0
     temp_bytes = orphans = 0
@@ -197,7 +197,7 @@ def test_kill_9_at_random_moments_then_unattended_recovery(way, template, tmp_pa
         shutil.rmtree(trial.root)
     assert temp_bytes == 0, f"{temp_bytes} bytes of staging files left"
     assert orphans == 0
-    reliability(suite="kill -9", case=way, trials=TRIALS, killed_mid_run=killed_mid_run,
+    reliability(suite="kill -9", case=label, trials=TRIALS, killed_mid_run=killed_mid_run,
                 automatic_recoveries=recovered, manual_repairs=0, orphan_runs_left=orphans,
                 temp_bytes_left=temp_bytes, corrupt_files=0, lost_or_extra_rows=0)
 

@@ -67,7 +67,8 @@ def test_a_table_emptied_and_reloaded_with_the_same_rows_comes_back(syncing, dem
     assert_outputs_match_source(demo_url, exports, KEYS[:-1], file_keys=[])
 
 
-def test_a_mass_delete_is_refused_until_confirmed(syncing, demo_url, tmp_path):
+@pytest.mark.faults
+def test_a_mass_delete_is_refused_until_confirmed(syncing, demo_url, tmp_path, reliability):
     exports = tmp_path / "exports"
     assert syncing.catch_up()
     execute(demo_url, 'CREATE TABLE parked AS SELECT * FROM "MasterParcels"')
@@ -89,6 +90,9 @@ def test_a_mass_delete_is_refused_until_confirmed(syncing, demo_url, tmp_path):
         instance=syncing.instance, tags={"countysync/confirm_mass_delete": "true"})
     assert confirmed.success
     assert len(sqlite_table(exports / "working_db.sqlite", "working")) == 1000
+    reliability(suite="source", case="MasterParcels emptied for a reload", trials=1,
+                outcome="delete check refuses, outputs kept; the reload syncs as usual; a "
+                "confirmed mass delete deletes")
 
 
 def test_catch_up_ends_when_one_window_changed_more_than_a_poll_holds(syncing, demo_url,

@@ -54,9 +54,9 @@ UNPLACED_COLUMNS = {
     "reason": "string: why no sync window can hold the row, and what to fix",
 }
 CONFIRM_TAG = "countysync/confirm_mass_delete"
-# The current-state outputs a tombstone removes the parcel from: every store of a parcel's
-# current version except the rejects (a deleted parcel's reject is no longer current either,
-# but it is removed with the next sync of its window).
+# The current-state outputs a tombstone removes the parcel from, and whose ids are compared
+# with the source. Not the rejects tables yet: a row deleted from the source while it was
+# rejected stays listed there (known limit, README).
 TARGETS = {name: where_stored(PUBLISHED[name])
            for name in ("master_parcels", "working", "stats", "parcel_geometry")}
 

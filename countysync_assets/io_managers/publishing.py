@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 from dagster import InputContext, OutputContext
+
+from countysync_assets.processes import process_alive
 
 _SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
@@ -72,14 +73,12 @@ def remove_stale_temps(export_dir: str | os.PathLike) -> int:
         if not match:
             continue
         try:
-            started = psutil.Process(int(match.group(1))).create_time()
-            if started <= path.stat().st_mtime:
-                continue  # its writer still runs
-        except psutil.NoSuchProcess:
-            pass
-        except FileNotFoundError:
+            stat = path.stat()
+        except FileNotFoundError:  # its writer just published or discarded it
             continue
-        removed += path.stat().st_size if path.exists() else 0
+        if process_alive(int(match.group(1)), stat.st_mtime):
+            continue  # its writer still runs
+        removed += stat.st_size
         path.unlink(missing_ok=True)
     return removed
 

@@ -22,7 +22,6 @@ import time
 from datetime import datetime, timedelta
 
 import pandas as pd
-import psutil
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -38,6 +37,7 @@ from dagster._core.storage.tags import RUN_KEY_TAG
 
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import PARTITIONS, partition_keys_for, range_tags
+from countysync_assets.processes import process_alive
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.sync_cursor import PendingRun, SyncCursor
 
@@ -114,15 +114,6 @@ def dead_run(context: SensorEvaluationContext, record) -> str | None:
     if idle > limit:
         return f"it recorded nothing for {idle:.0f} s"
     return None
-
-
-def process_alive(pid: int, since: float) -> bool:
-    """Whether ``pid`` still runs and is the process that logged at ``since`` (not a new one
-    that got the same number after a reboot)."""
-    try:
-        return psutil.Process(pid).create_time() <= since + 1
-    except psutil.NoSuchProcess:
-        return False
 
 
 def mark_dead_runs(context: SensorEvaluationContext) -> set[str]:

@@ -1,8 +1,10 @@
 """Sync-time partitions: each partition is a UTC time window over the source's cursor column.
 
-A partition holds the current version of every row whose ``updated_at`` falls in its window.
-Granularity and start are configuration (environment / ``.env``) because a county whose
-master table goes back decades needs a different start than the demo source.
+A partition holds the current version of every row whose ``updated_at`` falls in its window,
+and the first partition also holds the **baseline**: every row last changed before the
+partitions start (the county's go-live date, ``COUNTYSYNC_PARTITION_START``). So a county's
+whole history costs one partition, not one per day since its oldest edit: Dagster records
+events per asset-partition, and a year of daily windows would cost ~1,800 of them.
 """
 
 import os
@@ -12,8 +14,11 @@ import pandas as pd
 from dagster import (
     DailyPartitionsDefinition,
     HourlyPartitionsDefinition,
+    TimeWindow,
     TimeWindowPartitionsDefinition,
 )
+
+from countysync_assets.resources.master_parcels_source import EARLIEST_CURSOR
 
 GRANULARITY_ENV = "COUNTYSYNC_PARTITION_GRANULARITY"
 START_ENV = "COUNTYSYNC_PARTITION_START"
@@ -57,14 +62,25 @@ def range_tags(first: str, last: str) -> dict[str, str]:
             "dagster/asset_partition_range_end": last}
 
 
+def rows_window(partitions_def: TimeWindowPartitionsDefinition, window: TimeWindow
+                ) -> TimeWindow:
+    """The cursor range whose rows a partition window holds: the window itself, except that a
+    window at the partitions' start reaches back to 1970 (the baseline)."""
+    if window.start <= partitions_def.start:
+        return TimeWindow(EARLIEST_CURSOR, window.end)
+    return window
+
+
 def partition_keys_for(
     partitions_def: TimeWindowPartitionsDefinition, keys: list[str], timestamps: pd.Series
 ) -> pd.Series:
-    """The partition key of each UTC timestamp, restricted to ``keys`` (NaN outside them).
+    """The partition key of each UTC timestamp, restricted to ``keys`` (NaN outside them); a
+    baseline row (before the partitions' start) belongs to the first partition.
 
     Vectorized with ``searchsorted`` so splitting a 2M-row range into daily files costs one pass.
     """
-    windows = [partitions_def.time_window_for_partition_key(k) for k in keys]
+    windows = [rows_window(partitions_def, partitions_def.time_window_for_partition_key(k))
+               for k in keys]
     starts = pd.DatetimeIndex([w.start for w in windows]).tz_convert("UTC")
     ends = pd.DatetimeIndex([w.end for w in windows]).tz_convert("UTC")
     values = pd.DatetimeIndex(timestamps).tz_convert("UTC")

@@ -41,8 +41,7 @@ def test_deleted_parcels_leave_every_output_and_keep_a_tombstone(demo_url, tmp_p
 
     reconcile(demo_url, exports, instance)
     remaining = before - gone
-    for db, table in (("raw_db.sqlite", "master_parcels"), ("working_db.sqlite", "working"),
-                      ("stats_db.sqlite", "stats")):
+    for db, table in (("working_db.sqlite", "working"), ("stats_db.sqlite", "stats")):
         assert ids(exports, db, table) == remaining, table
         tombstones = sqlite_table(exports / db, "deleted_parcels")
         assert set(tombstones["id"]) == gone

@@ -163,9 +163,10 @@ def test_running_totals_follow_inserts_updates_and_deletes(manager):
                           things([(4, "z", "2026-05-28 23:00")]))
     tombstones = things([(3, "b", "2026-05-29 02:00")]).assign(
         deleted_at=pd.Timestamp("2026-05-30", tz="UTC").as_unit("us"))
-    manager.stage_delete("things", output_context().definition_metadata,
-                         removals(tombstones, "deleted_at"), "run", OutputTransactions(),
-                         tombstones).commit()
+    deleting = manager.open_delete("things", output_context().definition_metadata, "run",
+                                   OutputTransactions())
+    deleting.write(removals(tombstones, "deleted_at"), tombstones)
+    deleting.finish().commit()
     assert county_totals(manager) == group_by(manager) == [
         {"name": "a", "n": 2, "ids": 5, "named": 2}, {"name": "c", "n": 1, "ids": 2, "named": 1}]
 

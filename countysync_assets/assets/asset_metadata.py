@@ -63,11 +63,31 @@ def where_stored(metadata: dict) -> dict:
     return {key: metadata[key] for key in STORAGE_KEYS if key in metadata}
 
 
-def window_metadata(frame: pd.DataFrame) -> dict:
-    """Row count and the range of ``updated_at`` in ``frame``."""
-    metadata: dict = {"dagster/row_count": len(frame)}
-    if len(frame) and "updated_at" in frame:
-        metadata["min_updated_at"] = MetadataValue.text(frame["updated_at"].min().isoformat())
-        metadata["max_updated_at"] = MetadataValue.text(frame["updated_at"].max().isoformat())
-    return metadata
+class Tally:
+    """Row count and range of ``updated_at`` of the batches one output got in a run."""
 
+    def __init__(self) -> None:
+        self.rows = 0
+        self.low: pd.Timestamp | None = None
+        self.high: pd.Timestamp | None = None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.rows += len(frame)
+        if len(frame) and "updated_at" in frame:
+            low, high = frame["updated_at"].min(), frame["updated_at"].max()
+            self.low = low if self.low is None else min(self.low, low)
+            self.high = high if self.high is None else max(self.high, high)
+
+    def metadata(self, windows: int) -> dict:
+        """For one window, its row count (plotted per partition in the UI) and range; for a
+        run over several, the same figures named as the run's, since Dagster records one
+        set of metadata for every window of a range run and a window's plot must not show
+        the whole run's count."""
+        prefix = "" if windows == 1 else "run_"
+        metadata: dict = {"dagster/row_count" if windows == 1 else "run_rows": self.rows}
+        if windows != 1:
+            metadata["run_windows"] = windows
+        if self.low is not None:
+            metadata[f"{prefix}min_updated_at"] = MetadataValue.text(self.low.isoformat())
+            metadata[f"{prefix}max_updated_at"] = MetadataValue.text(self.high.isoformat())
+        return metadata

@@ -12,17 +12,15 @@ import numpy as np
 import pandas as pd
 import pyproj
 import shapely
-from dagster import AssetExecutionContext, AssetOut, BackfillPolicy, Output, multi_asset
+from dagster import AssetSpec
 
 from countysync_assets.assets.asset_metadata import (
     GROUP,
     parcel_columns,
     storage_metadata,
     where_stored,
-    window_metadata,
 )
 from countysync_assets.io_managers.format_io_manager import GPKG_LAYER, SUPERSEDES
-from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN
 
 COLUMNS = {
@@ -150,40 +148,21 @@ def _rounded(geometry: object) -> str:
     return ", ".join(f"{v:.6g}" for v in shapely.bounds(geometry))
 
 
-@multi_asset(
-    outs={
-        "parcel_geometry": AssetOut(
-            description="Parcel boundaries in the source CRS (State Plane): geo_db.gpkg layer "
-            "parcels holds the merged current state, GeoJSON (WGS 84) one file per "
-            "window.",
-            kinds={"geopandas", "gpkg", "geojson"},
-            # a parcel is in the layer or in the rejects, as its current version decides
-            metadata={**GEOMETRY_STORAGE,
-                      SUPERSEDES: {"geometry_rejects": where_stored(REJECTS_STORAGE)}},
-        ),
-        "geometry_rejects": AssetOut(
-            description="Parcels whose geometry was kept out of parcel_geometry, with why.",
-            kinds={"pandas", "sqlite", "csv"},
-            metadata={**REJECTS_STORAGE,
-                      SUPERSEDES: {"parcel_geometry": where_stored(GEOMETRY_STORAGE)}},
-        ),
-    },
-    partitions_def=PARTITIONS,
-    backfill_policy=BackfillPolicy.single_run(),
+SPEC = AssetSpec(
+    "parcel_geometry",
+    deps=["master_parcels"],
     group_name=GROUP,
+    kinds={"geopandas", "gpkg", "geojson"},
+    # a parcel is in the layer or in the rejects, as its current version decides
+    metadata={**GEOMETRY_STORAGE, SUPERSEDES: {"geometry_rejects": where_stored(REJECTS_STORAGE)}},
+    description="Parcel boundaries in the source CRS (State Plane): geo_db.gpkg layer parcels "
+    "holds the merged current state, GeoJSON (WGS 84, RFC 7946) one file per window.",
 )
-def parcel_geometry(context: AssetExecutionContext, master_parcels: pd.DataFrame):
-    parcels, rejects, changed = clean_geometry(master_parcels)
-    if len(rejects):
-        context.log.warning(
-            f"{len(rejects)} parcel(s) kept out of parcel_geometry; see geometry_rejects "
-            f"(e.g. id {rejects['id'].iloc[0]}: {rejects['reason'].iloc[0]})."
-        )
-    if changed["repaired_geometries"] or changed["z_dropped"]:
-        context.log.info(f"Repaired {changed['repaired_geometries']} invalid geometries with "
-                         f"make_valid; dropped the Z values of {changed['z_dropped']}.")
-    yield Output(parcels, output_name="parcel_geometry", metadata={
-        **window_metadata(parcels), **changed,
-        "rejected_rows": len(rejects), "crs": str(parcels.crs),
-    })
-    yield Output(rejects, output_name="geometry_rejects", metadata=window_metadata(rejects))
+REJECTS_SPEC = AssetSpec(
+    "geometry_rejects",
+    deps=["master_parcels"],
+    group_name=GROUP,
+    kinds={"pandas", "sqlite", "csv"},
+    metadata={**REJECTS_STORAGE, SUPERSEDES: {"parcel_geometry": where_stored(GEOMETRY_STORAGE)}},
+    description="Parcels whose geometry was kept out of parcel_geometry, with why.",
+)

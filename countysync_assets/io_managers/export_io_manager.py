@@ -2,19 +2,22 @@
 
 Formats per asset come from the asset's ``countysync/formats`` metadata, overridden by the
 ``formats`` config (``COUNTYSYNC_FORMATS`` in the environment), so a county can add or drop a
-format without code changes. Every format stages first; only when all have staged does any
-publish, so if one writer fails the outputs stay exactly as they were before the run.
-Inputs are loaded from the asset's first format that can load (SQLite or GeoPackage).
+format without code changes (an empty list: the asset is not written). A step opens its
+outputs together (``open_outputs``), feeds them batch by batch, and publishes them all or
+none: every format stages first; only when all have staged does any publish, so if one
+writer fails the outputs stay exactly as they were before the run. Inputs are loaded from
+the asset's first format that can load (SQLite or GeoPackage).
 """
 
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import ConfigurableIOManager, InputContext, OutputContext, get_dagster_logger
 from pydantic import Field
 
 from countysync_assets.io_managers.csv_io_manager import CsvIOManager
@@ -23,7 +26,10 @@ from countysync_assets.io_managers.format_io_manager import (
     FIRST_WRITE,
     FORMATS,
     SUPERSEDES,
+    BatchWriter,
     FormatIOManager,
+    OutputTarget,
+    RemovalWriter,
     removals,
 )
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
@@ -34,7 +40,11 @@ from countysync_assets.io_managers.output_transactions import (
     check_room,
     explain,
 )
-from countysync_assets.io_managers.publishing import asset_name, remove_stale_temps
+from countysync_assets.io_managers.publishing import (
+    StagedWrite,
+    asset_name,
+    remove_stale_temps,
+)
 from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
 
 FORMAT_MANAGERS: dict[str, type[FormatIOManager]] = {
@@ -73,9 +83,10 @@ def check_formats(formats: dict[str, list[str]], asset_names: set[str]) -> None:
             raise ValueError(f"COUNTYSYNC_FORMATS names asset {name!r}, which does not exist; "
                              f"assets: {', '.join(sorted(asset_names))}.")
         unknown = [f for f in chosen if f not in FORMAT_MANAGERS]
-        if unknown or not chosen:
+        if unknown:
             raise ValueError(f"COUNTYSYNC_FORMATS gives {name!r} the formats {chosen}; each must "
-                             f"be one of {', '.join(FORMAT_MANAGERS)} and at least one is needed.")
+                             f"be one of {', '.join(FORMAT_MANAGERS)} (or none: [] turns the "
+                             "asset's files off).")
 
 
 def removals_from_others(
@@ -91,6 +102,90 @@ def removals_from_others(
         yield name, metadata, removals(obj, "deleted_at"), obj
     for name, metadata in (definition_metadata.get(SUPERSEDES) or {}).items():
         yield name, metadata, removals(obj, "updated_at"), None
+
+
+class OutputSet:
+    """The outputs of one step, written batch by batch and published together: every format
+    of every output stages first; only when all have staged does any publish, so if one
+    writer fails the outputs stay exactly as they were before the run."""
+
+    def __init__(self, manager: "ExportIOManager", targets: list[OutputTarget]):
+        self.manager = manager
+        self.targets = {target.name: target for target in targets}
+        self.files = OutputTransactions(manager.lock_wait_seconds)
+        self.writers: dict[str, list[tuple[str, BatchWriter]]] = {}
+        self.removers: dict[tuple[str, str], RemovalWriter] = {}
+        self.staged: list[StagedWrite] = []
+        if any(target.metadata.get(FIRST_WRITE) for target in targets):
+            self.files.check_writable(manager.databases())
+        try:
+            for target in targets:  # in the order formats are listed: databases first
+                chosen = sorted(manager.formats_of(target.name, target.metadata),
+                                key=list(FORMAT_MANAGERS).index)
+                self.writers[target.name] = [
+                    (fmt, manager.manager(fmt).open(target, self.files)) for fmt in chosen]
+        except BaseException:
+            self.rollback()
+            raise
+
+    def formats(self, name: str) -> list[str]:
+        return [fmt for fmt, _ in self.writers[name]]
+
+    def write(self, name: str, frame: pd.DataFrame) -> None:
+        """One batch of output ``name``: it removes what it supersedes elsewhere, and goes to
+        every format of the output."""
+        try:
+            for other, metadata, ids, tombstones in removals_from_others(
+                    self.targets[name].metadata, frame):
+                for fmt in self.manager.formats_of(other, metadata):
+                    if fmt in LOADABLE:
+                        self._remover(other, fmt, metadata).write(ids, tombstones)
+            for _, writer in self.writers[name]:
+                writer.write(frame)
+        except BaseException:
+            self.rollback()
+            raise
+
+    def _remover(self, asset: str, fmt: str, metadata: dict) -> RemovalWriter:
+        if (asset, fmt) not in self.removers:
+            self.removers[asset, fmt] = self.manager.manager(fmt).open_delete(
+                asset, metadata, next(iter(self.targets.values())).run_id, self.files)
+        return self.removers[asset, fmt]
+
+    def publish(self) -> dict[str, dict]:
+        """Stage what is left (indexes, merges, file ends), then publish every output;
+        returns each output's metadata."""
+        metadata: dict[str, dict] = {}
+        try:
+            for name, writers in self.writers.items():  # the layers before the removals
+                metadata[name] = {"formats": ", ".join(self.formats(name))}
+                for _, writer in writers:
+                    self.staged.append(writer.finish())
+                    metadata[name].update(self.staged[-1].metadata)
+            for (asset, _), remover in self.removers.items():
+                self.staged.append(remover.finish())
+                if asset in metadata:
+                    metadata[asset].update(self.staged[-1].metadata)
+        except BaseException:
+            self.rollback()
+            raise
+        for position, write in enumerate(self.staged):
+            try:
+                write.commit()
+            except BaseException:
+                for later in self.staged[position + 1:]:
+                    later.rollback()
+                raise
+        return metadata
+
+    def rollback(self) -> None:
+        for write in self.staged:
+            write.rollback()
+        for writers in self.writers.values():
+            for _, writer in writers:
+                writer.discard()
+        for remover in self.removers.values():
+            remover.discard()
 
 
 class ExportIOManager(ConfigurableIOManager):
@@ -114,7 +209,7 @@ class ExportIOManager(ConfigurableIOManager):
         """The configured formats of asset ``name``, else those its metadata declares."""
         if name in self.formats:
             return self.formats[name]
-        return list(metadata.get(FORMATS) or ["sqlite"])
+        return list(metadata.get(FORMATS, ["sqlite"]))
 
     def manager(self, fmt: str) -> FormatIOManager:
         settings = {"export_dir": self.export_dir, "lock_wait_seconds": self.lock_wait_seconds}
@@ -127,56 +222,47 @@ class ExportIOManager(ConfigurableIOManager):
         root = Path(self.export_dir)
         return [*sorted(root.glob("*.sqlite")), root / self.gpkg_file_name]
 
+    def open_outputs(self, targets: list[OutputTarget]) -> OutputSet:
+        """Writers for the outputs of one step, to be fed batch by batch and published
+        together (see ``OutputSet``). Staging files a killed run left are removed first."""
+        if removed := remove_stale_temps(self.export_dir):
+            get_dagster_logger().info(
+                f"Removed {removed} bytes of staging files a killed run left.")
+        return OutputSet(self, targets)
+
+    def check_room(self, expected_bytes: int, what: str) -> None:
+        """Refuse to start when the export disk cannot hold what the run will write."""
+        check_room(self.export_dir, expected_bytes, what)
+
     def handle_output(self, context: OutputContext, obj: Any) -> None:
+        """One output written as a single batch."""
+        with self.explained(asset_name(context)):
+            target = OutputTarget.of(context)
+            if target.metadata.get(FIRST_WRITE):
+                self.check_room(int(obj.memory_usage(deep=True).sum()), target.name)
+            outputs = self.open_outputs([target])
+            outputs.write(target.name, obj)
+            context.add_output_metadata(outputs.publish()[target.name])
+
+    @contextmanager
+    def explained(self, what: str) -> Iterator[None]:
+        """Failures of the machine (a full disk, a read-only folder) as one clear line."""
         try:
-            self._publish(context, obj)
+            yield
         except (OSError, sqlite3.Error) as err:
-            clear = explain(err, asset_name(context), self.export_dir)
+            clear = explain(err, what, self.export_dir)
             if clear is None:
                 raise
             raise clear from None
-
-    def _publish(self, context: OutputContext, obj: Any) -> None:
-        # Transactions commit first (in the order formats are listed): should one fail,
-        # no file has been renamed into place yet.
-        chosen = sorted(self.formats_for(context), key=list(FORMAT_MANAGERS).index)
-        if removed := remove_stale_temps(self.export_dir):
-            context.log.info(f"Removed {removed} bytes of staging files a killed run left.")
-        files = OutputTransactions(self.lock_wait_seconds)
-        if (context.definition_metadata or {}).get(FIRST_WRITE):
-            check_room(self.export_dir, obj, asset_name(context))
-            files.check_writable(self.databases())
-        staged = []
-        try:
-            for name, metadata, ids, tombstones in removals_from_others(
-                    context.definition_metadata or {}, obj):
-                for fmt in self.formats_of(name, metadata):
-                    if fmt in LOADABLE:
-                        staged.append(self.manager(fmt).stage_delete(
-                            name, metadata, ids, context.run_id, files, tombstones))
-            for fmt in chosen:
-                staged.append(self.manager(fmt).stage(context, obj, files))
-        except BaseException:
-            for write in staged:
-                write.rollback()
-            raise
-        for position, write in enumerate(staged):
-            try:
-                write.commit()
-            except BaseException:
-                for later in staged[position + 1:]:
-                    later.rollback()
-                raise
-        metadata: dict[str, Any] = {"formats": ", ".join(chosen)}
-        for write in staged:
-            metadata.update(write.metadata)
-        context.add_output_metadata(metadata)
 
     def load_input(self, context: InputContext) -> Any:
         chosen = self.formats_for(context)
         for fmt in chosen:
             if fmt in LOADABLE:
                 return self.manager(fmt).load_input(context)
+        wanted = context.definition_metadata or {}
+        if wanted.get("missing_ok"):  # not stored at all: holds no rows
+            return pd.DataFrame(columns=wanted.get("columns") or [])
         raise TypeError(
             f"{context.asset_key.to_user_string()} is written only as {chosen}, which cannot be "
             "read back; add 'sqlite' (or 'gpkg') to its formats to use it as an input."

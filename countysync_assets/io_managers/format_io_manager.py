@@ -1,15 +1,25 @@
 """The base of every per-format IO manager, and the asset metadata keys they read.
 
-Each format stages its output (``stage``) and publishes it only when told to (``commit``), so
-``ExportIOManager`` can write one asset to several formats all-or-nothing. Used alone, a
-format IO manager stages and commits at once.
+Each format opens a *writer* for an output (``open``) that takes the rows batch by batch
+(``write``) and stages them where no reader sees them yet; ``finish`` returns the staged
+output, which is published only when told to (``commit``). So the sync streams every batch of
+the extract into every output at once, and ``ExportIOManager`` publishes all the outputs of a
+run, or none. Used alone, a format IO manager writes one frame and commits at once.
 """
 
+import filecmp
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext, TimeWindow
+from dagster import (
+    ConfigurableIOManager,
+    InputContext,
+    OutputContext,
+    TimeWindow,
+    TimeWindowPartitionsDefinition,
+)
 from pydantic import Field
 
 from countysync_assets.io_managers.output_transactions import OutputTransactions
@@ -21,7 +31,7 @@ from countysync_assets.io_managers.publishing import (
     temp_sibling,
     timestamps_to_iso,
 )
-from countysync_assets.partitions import partition_keys_for
+from countysync_assets.partitions import partition_keys_for, rows_window
 
 # Asset definition metadata that tells the IO managers how to store an asset.
 KEY_COLUMNS = "countysync/key_columns"  # merge key of current-state stores, e.g. ["id"]
@@ -40,10 +50,31 @@ FIRST_WRITE = "countysync/first_write"
 LATEST = pd.Timestamp.max.tz_localize("UTC").floor("us")
 
 
+@dataclass
+class OutputTarget:
+    """One output as its writers see it: the asset, how it is stored (its definition metadata)
+    and the partitions the run writes (none for an unpartitioned asset)."""
+
+    name: str
+    metadata: dict
+    run_id: str
+    partition_keys: list[str] = field(default_factory=list)
+    partitions_def: TimeWindowPartitionsDefinition | None = None
+
+    @classmethod
+    def of(cls, context: OutputContext) -> "OutputTarget":
+        """The target of the output Dagster hands an IO manager."""
+        if not context.has_asset_partitions:
+            return cls(asset_name(context), context.definition_metadata or {}, context.run_id)
+        return cls(asset_name(context), context.definition_metadata or {}, context.run_id,
+                   list(context.asset_partition_keys), context.asset_partitions_def)
+
+
 def input_window(context: InputContext) -> TimeWindow | None:
-    """The cursor window of the upstream partitions an input asks for, or None when it asks
-    for the whole table: an unpartitioned asset (a county-wide summary, the delete check)
-    depends on every partition, and rows outside the partitions' range count for it too."""
+    """The cursor window of the upstream partitions an input asks for (the first partition's
+    reaching back to 1970: the baseline), or None when it asks for the whole table: an
+    unpartitioned asset (a county-wide summary, the delete check) depends on every partition,
+    and rows outside the partitions' range count for it too."""
     cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
     if not (cursor and context.has_asset_partitions):
         return None
@@ -51,7 +82,7 @@ def input_window(context: InputContext) -> TimeWindow | None:
     if (requested.start, requested.end) == (partitions_def.get_first_partition_key(),
                                             partitions_def.get_last_partition_key()):
         return None
-    return context.asset_partitions_time_window
+    return rows_window(partitions_def, context.asset_partitions_time_window)
 
 
 def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:
@@ -63,6 +94,20 @@ def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:
     return ids[ids["id"].notna()].reset_index(drop=True)
 
 
+class BatchWriter:
+    """Takes one output's rows batch by batch and stages them; ``finish`` returns what
+    publishes them. ``discard`` removes what was staged (after a failure)."""
+
+    def write(self, frame: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> StagedWrite:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+
 class FormatIOManager(ConfigurableIOManager):
     """Writes an asset in one format under ``export_dir``."""
 
@@ -71,21 +116,30 @@ class FormatIOManager(ConfigurableIOManager):
         default=120, description="How long a write waits for another program's lock on an "
         "output database before the run fails.")
 
-    def stage(self, context: OutputContext, obj: Any, files: OutputTransactions) -> StagedWrite:
-        """Write ``obj`` where no reader sees it yet; must clean up after itself on failure.
-        Database writes go through ``files``, one transaction per file."""
+    def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
+        """A writer for ``target``. Database writes go through ``files``, one transaction per
+        file; file writes go to temp files renamed into place on commit."""
         raise NotImplementedError
 
-    def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
-                     files: OutputTransactions, tombstones: pd.DataFrame | None = None
-                     ) -> StagedWrite:
-        """Remove from ``asset``'s current state (stores that hold one) each ``removals`` id
-        (columns ``id``, ``as_of``) whose stored version is no newer than ``as_of``. Parcels
-        deleted from the source also come as ``tombstones``, which the store keeps."""
+    def open_delete(self, asset: str, metadata: dict, run_id: str, files: OutputTransactions
+                    ) -> "RemovalWriter":
+        """A writer that removes ids from ``asset``'s current state (stores that hold one)."""
         raise NotImplementedError(f"{type(self).__name__} holds no current state to delete from")
 
+    def stage(self, target: OutputTarget, frame: pd.DataFrame,
+              files: OutputTransactions) -> StagedWrite:
+        """``frame`` written as one batch and staged."""
+        writer = self.open(target, files)
+        try:
+            writer.write(frame)
+            return writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+
     def handle_output(self, context: OutputContext, obj: Any) -> None:
-        staged = self.stage(context, obj, OutputTransactions(self.lock_wait_seconds))
+        staged = self.stage(OutputTarget.of(context), obj,
+                            OutputTransactions(self.lock_wait_seconds))
         try:
             staged.commit()
         except BaseException:
@@ -101,60 +155,115 @@ class FormatIOManager(ConfigurableIOManager):
         )
 
 
+class RemovalWriter:
+    """Removes from an asset's current state each id (columns ``id``, ``as_of``) whose stored
+    version is no newer than ``as_of``, batch by batch, in the output's transaction. Parcels
+    deleted from the source also come as ``tombstones``, which a store may keep."""
+
+    def write(self, removals: pd.DataFrame, tombstones: pd.DataFrame | None = None) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> StagedWrite:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+
 class PartitionedFileIOManager(FormatIOManager):
     """One file per partition (the rows that changed in that window), published by rename.
 
-    A run over a partition range writes one file per partition in the range; a window with
-    no changes gets an empty file, so every synced window has its file and a rerun replaces it.
+    A run over a partition range writes every partition's file in one pass over the batches;
+    a window with no changes gets an empty file, so every synced window has its file. A file
+    whose content a rerun leaves as it was is not replaced (its time stays), so a folder
+    mirrored by date is not recopied.
     """
 
     extension: ClassVar[str] = ""
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Conversions done once for the whole output, before it is split by partition."""
+        """Conversions done once per batch, before it is split by partition."""
         return timestamps_to_iso(frame)
 
-    def write_file(self, frame: pd.DataFrame, temp: Path, final: Path) -> None:
-        """Write ``frame`` to ``temp``; it is renamed to ``final`` when the run commits."""
+    def append(self, frame: pd.DataFrame, temp: Path, first: bool) -> None:
+        """Add ``frame``'s rows to the file being written at ``temp`` (``first``: it is new)."""
         raise NotImplementedError
 
-    def stage(self, context: OutputContext, obj: pd.DataFrame,
-              files: OutputTransactions) -> StagedWrite:
-        name = asset_name(context)
-        prepared = self.prepare(obj)
-        if not context.has_asset_partitions:
-            targets = [(export_path(self.export_dir, f"{name}{self.extension}"), prepared)]
+    def close(self, temp: Path, empty: pd.DataFrame, written: bool) -> None:
+        """Complete the file at ``temp``; ``written`` False: it got no rows (``empty`` has the
+        columns)."""
+        raise NotImplementedError
+
+    def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
+        return PartitionedFileWriter(self, target)
+
+
+class PartitionedFileWriter(BatchWriter):
+    """The files of one output: a temp file per partition, filled as batches come."""
+
+    def __init__(self, manager: PartitionedFileIOManager, target: OutputTarget):
+        self.manager, self.target = manager, target
+        root, ext = manager.export_dir, manager.extension
+        if target.partition_keys:
+            self.finals = {key: export_path(root, target.name, f"{key}{ext}")
+                           for key in target.partition_keys}
         else:
-            keys = context.asset_partition_keys
-            cursor = context.definition_metadata[CURSOR_COLUMN]
-            labels = partition_keys_for(context.asset_partitions_def, keys, obj[cursor])
-            if labels.isna().any():
-                raise ValueError(
-                    f"{int(labels.isna().sum())} row(s) of {name} have {cursor} outside the "
-                    f"partitions being written ({keys[0]} to {keys[-1]})."
-                )
-            groups = dict(iter(prepared.groupby(labels, sort=False))) if len(obj) else {}
-            targets = [
-                (export_path(self.export_dir, name, f"{key}{self.extension}"),
-                 groups.get(key, prepared.iloc[:0]))
-                for key in keys
-            ]
-        files = []
+            self.finals = {None: export_path(root, f"{target.name}{ext}")}
+        for final in self.finals.values():
+            if final.exists() and not final.is_file():
+                raise IsADirectoryError(
+                    f"{final} is in the way of the {ext} output: it is not a file. Move it out "
+                    "of the export folder and re-run.")
+        self.temps = {key: temp_sibling(final) for key, final in self.finals.items()}
+        self.written: set[str | None] = set()
+        self.empty: pd.DataFrame | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        prepared = self.manager.prepare(frame)
+        if self.empty is None:
+            self.empty = prepared.iloc[:0]
+        if not len(frame):
+            return
+        if not self.target.partition_keys:
+            self._append(None, prepared)
+            return
+        cursor = self.target.metadata[CURSOR_COLUMN]
+        keys = self.target.partition_keys
+        labels = partition_keys_for(self.target.partitions_def, keys, frame[cursor])
+        if labels.isna().any():
+            raise ValueError(
+                f"{int(labels.isna().sum())} row(s) of {self.target.name} have {cursor} outside "
+                f"the partitions being written ({keys[0]} to {keys[-1]}).")
+        for key, group in prepared.groupby(labels, sort=False):
+            self._append(key, group)
+
+    def _append(self, key: str | None, frame: pd.DataFrame) -> None:
+        self.manager.append(frame, self.temps[key], key not in self.written)
+        self.written.add(key)
+
+    def finish(self) -> StagedWrite:
+        """Every file completed; commit renames those whose content changed."""
+        renames = []
         try:
-            for final, frame in targets:
-                if final.exists() and not final.is_file():
-                    raise IsADirectoryError(
-                        f"{final} is in the way of the {self.extension} output: it is not a "
-                        "file. Move it out of the export folder and re-run.")
-                temp = temp_sibling(final)
-                files.append((temp, final))
-                self.write_file(frame, temp, final)
+            for key, temp in self.temps.items():
+                self.manager.close(temp, self.empty, key in self.written)
+                final = self.finals[key]
+                if final.is_file() and filecmp.cmp(temp, final, shallow=False):
+                    temp.unlink()  # the same content: leave the published file as it is
+                else:
+                    renames.append((temp, final))
         except BaseException:
-            staged_files(name, files).rollback()
+            self.discard()
             raise
-        staged = staged_files(f"{name} {self.extension}", files)
-        staged.metadata = {
-            f"{self.extension.lstrip('.')}_files": len(files),
-            f"{self.extension.lstrip('.')}_path": str(targets[-1][0]),
-        }
+        kind = self.manager.extension.lstrip(".")
+        staged = staged_files(f"{self.target.name} {self.manager.extension}", renames)
+        staged.metadata = {f"{kind}_files_changed": len(renames)}
+        if len(self.finals) == 1:
+            staged.metadata[f"{kind}_path"] = str(next(iter(self.finals.values())))
+        else:
+            staged.metadata[f"{kind}_folder"] = str(next(iter(self.finals.values())).parent)
         return staged
+
+    def discard(self) -> None:
+        for temp in self.temps.values():
+            temp.unlink(missing_ok=True)

@@ -27,7 +27,10 @@ from countysync_assets.io_managers.format_io_manager import (
     CURSOR_COLUMN,
     GPKG_LAYER,
     KEY_COLUMNS,
+    BatchWriter,
     FormatIOManager,
+    OutputTarget,
+    RemovalWriter,
     input_window,
 )
 from countysync_assets.io_managers.output_transactions import OutputTransactions
@@ -38,10 +41,15 @@ from countysync_assets.io_managers.publishing import (
     quote,
     temp_sibling,
 )
-from countysync_assets.io_managers.sqlite_io_manager import to_rows, upsert_clause
+from countysync_assets.io_managers.sqlite_io_manager import newer_rule, to_rows
 
 GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
-# GDAL stores GeoPackage datetimes with milliseconds and drops ".000": normalize to compare.
+# GeoPackage 1.2, which every reader in use opens without a warning (GDAL 3.6 and QGIS 3.22
+# warn on 1.4, the default of newer GDAL), and one DATETIME form: always with milliseconds
+# (GDAL otherwise drops ".000", which GeoPackage validators reject).
+CREATION_OPTIONS = {"dataset_options": {"VERSION": "1.2"},
+                    "layer_options": {"DATETIME_PRECISION": "MILLISECOND"}}
+# Files written before DATETIME_PRECISION may lack ".000": normalize to compare.
 # A value SQLite cannot read (second 60, written before milliseconds were floored) counts as
 # the oldest, so the next version of that feature replaces it.
 GPKG_TIME = "coalesce(strftime('%Y-%m-%dT%H:%M:%f', {}), '')"
@@ -74,6 +82,167 @@ def _register_gpkg_functions(conn: sqlite3.Connection) -> None:
         )
 
 
+def _stage_new(path: Path, temp: Path, layer: str, keys: list[str]) -> StagedWrite:
+    with sqlite3.connect(temp) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
+        if keys:
+            conn.execute(f"CREATE UNIQUE INDEX {quote(f'ux_{layer}_key')} ON {quote(layer)} "
+                         f"({', '.join(quote(k) for k in keys)})")
+        rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
+    conn.close()
+    return StagedWrite(
+        f"{path.name}:{layer}", [lambda: os.replace(temp, path)],
+        [lambda: temp.unlink(missing_ok=True)],
+        {"gpkg_rows_inserted": rows, "gpkg_rows_updated": 0},
+    )
+
+
+def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
+                 keys: list[str], cursor: str | None, files: OutputTransactions
+                 ) -> StagedWrite:
+    def attach(conn: sqlite3.Connection) -> None:
+        _register_gpkg_functions(conn)
+        conn.execute("ATTACH DATABASE ? AS staged", (str(temp),))
+
+    conn, staged = files.begin(path, f"{path.name}:{layer}", attach)
+    try:
+        existing = {r[1] for r in conn.execute(f"PRAGMA main.table_info({quote(layer)})")}
+        columns = [c for c in frame_columns if c != "geometry"] + [GEOMETRY_COLUMN]
+        missing = [c for c in columns if c not in existing]
+        if missing:
+            raise ValueError(
+                f"Layer {layer!r} of {path} lacks column(s) {missing} (or does not exist). "
+                f"The asset's columns changed: move {path.name} aside so the next run "
+                "rebuilds it, then backfill every partition."
+            )
+        if keys:
+            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
+                         f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
+        names = ", ".join(quote(c) for c in columns)
+        table, staged_rows = quote(layer), f"staged.{quote(layer)} AS s"
+        # An UPDATE, then an INSERT of the new keys, not one upsert: GDAL's R-tree triggers
+        # use INSERT OR REPLACE, which an upsert's own conflict policy would override.
+        updated, new_key = 0, ""
+        if keys:
+            same_key = " AND ".join(f"{table}.{quote(k)} = s.{quote(k)}" for k in keys)
+            values = [c for c in columns if c not in keys]
+            assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in values)
+            rule = newer_rule(table, "s", values, cursor, GPKG_TIME)
+            updated = conn.execute(f"UPDATE main.{table} SET {assignments} FROM {staged_rows} "
+                                   f"WHERE {same_key} AND ({rule})").rowcount
+            matches = " AND ".join(f"m.{quote(k)} = s.{quote(k)}" for k in keys)
+            new_key = f"WHERE NOT EXISTS (SELECT 1 FROM main.{table} AS m WHERE {matches})"
+        selected = ", ".join(f"s.{quote(c)}" for c in columns)
+        inserted = conn.execute(f"INSERT INTO main.{table} ({names}) SELECT {selected} "
+                                f"FROM {staged_rows} {new_key}").rowcount
+        written = updated + inserted
+        conn.execute(
+            "UPDATE main.gpkg_contents SET "
+            "min_x = min(ifnull(gpkg_contents.min_x, s.min_x), s.min_x), "
+            "min_y = min(ifnull(gpkg_contents.min_y, s.min_y), s.min_y), "
+            "max_x = max(ifnull(gpkg_contents.max_x, s.max_x), s.max_x), "
+            "max_y = max(ifnull(gpkg_contents.max_y, s.max_y), s.max_y), "
+            "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+            "FROM (SELECT * FROM staged.gpkg_contents WHERE table_name = ?) AS s "
+            "WHERE main.gpkg_contents.table_name = ? AND s.min_x IS NOT NULL AND ? > 0",
+            (layer, layer, written),
+        )
+    except BaseException:
+        staged.rollback()
+        raise
+    for steps in (staged.commit_steps, staged.rollback_steps):
+        steps.append(lambda: temp.unlink(missing_ok=True))
+    staged.metadata = {"gpkg_rows_inserted": inserted, "gpkg_rows_updated": updated}
+    return staged
+
+
+class GeoPackageWriter(BatchWriter):
+    """Writes one output's batches with GDAL (pyogrio, Arrow) into a staging GeoPackage next
+    to the target; ``finish`` merges it into the target in one SQLite transaction (newer
+    wins, as in the SQLite IO manager), or, for a new file, publishes it by rename."""
+
+    def __init__(self, path: Path, layer: str, target: OutputTarget,
+                 files: OutputTransactions):
+        self.path, self.layer, self.files = path, layer, files
+        self.keys = list(target.metadata.get(KEY_COLUMNS) or [])
+        self.cursor = target.metadata.get(CURSOR_COLUMN)
+        self.temp: Path | None = None
+        self.columns: list[str] = []
+
+    def write(self, frame: gpd.GeoDataFrame) -> None:
+        if frame.empty:  # nothing changed: the current state stays as it is
+            return
+        first = self.temp is None
+        if first:
+            self.temp, self.columns = temp_sibling(self.path), list(frame.columns)
+        try:
+            pyogrio.write_dataframe(
+                floor_to_milliseconds(frame), self.temp, layer=self.layer, driver="GPKG",
+                promote_to_multi=True, geometry_type="MultiPolygon", use_arrow=True,
+                append=not first, **(CREATION_OPTIONS if first else {}))
+        except BaseException:
+            self.discard()
+            raise
+
+    def finish(self) -> StagedWrite:
+        if self.temp is None:
+            return StagedWrite(f"{self.path.name}:{self.layer}",
+                               metadata={"gpkg_rows_inserted": 0})
+        try:
+            if self.path.exists():
+                staged = _stage_merge(self.path, self.temp, self.layer, self.columns,
+                                      self.keys, self.cursor, self.files)
+            else:
+                staged = _stage_new(self.path, self.temp, self.layer, self.keys)
+        except BaseException:
+            self.discard()
+            raise
+        staged.metadata.update({"gpkg_path": str(self.path), "gpkg_layer": self.layer})
+        return staged
+
+    def discard(self) -> None:
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+
+
+class GeoPackageRemovals(RemovalWriter):
+    """Removes the ids' features (unless the stored version is newer) in the file's one
+    transaction; GDAL's triggers keep the spatial index and feature count in step. The ids
+    are applied at ``finish``, after the layer's own writer has opened the file's transaction
+    (it attaches its staging file, which SQLite allows only before a transaction begins).
+    The tombstones are kept by the SQLite outputs, not here."""
+
+    def __init__(self, path: Path, layer: str, files: OutputTransactions):
+        self.path, self.layer, self.files = path, layer, files
+        self.pending: list[pd.DataFrame] = []  # ids and times only: small
+        self.staged: StagedWrite | None = None
+
+    def write(self, removals: pd.DataFrame, tombstones: pd.DataFrame | None = None) -> None:
+        if len(removals):
+            self.pending.append(removals[["id", "as_of"]])
+
+    def finish(self) -> StagedWrite:
+        if not self.path.exists() or not self.pending:
+            return StagedWrite(f"{self.path.name}:{self.layer} deletes",
+                               metadata={"deleted_from_gpkg": 0})
+        conn, self.staged = self.files.begin(self.path, f"{self.path.name}:{self.layer} "
+                                             "deletes", _register_gpkg_functions)
+        try:
+            deleted = sum(max(conn.executemany(
+                f"DELETE FROM {quote(self.layer)} WHERE id = ? AND "
+                f"{GPKG_TIME.format('updated_at')} <= {GPKG_TIME.format('?')}",
+                to_rows(removals)).rowcount, 0) for removals in self.pending)
+        except BaseException:
+            self.discard()
+            raise
+        self.staged.metadata = {"deleted_from_gpkg": deleted}
+        return self.staged
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.rollback()
+
+
 class GeoPackageIOManager(FormatIOManager):
     """Current state in ``<export_dir>/<file_name>``, one layer per asset."""
 
@@ -85,122 +254,15 @@ class GeoPackageIOManager(FormatIOManager):
         layer = metadata.get(GPKG_LAYER) or asset_name(context)
         return export_path(self.export_dir, self.file_name), layer
 
-    def stage(self, context: OutputContext, obj: gpd.GeoDataFrame,
-              files: OutputTransactions) -> StagedWrite:
-        metadata = context.definition_metadata or {}
-        keys = list(metadata.get(KEY_COLUMNS) or [])
-        cursor = metadata.get(CURSOR_COLUMN)
-        path, layer = self._target(context)
-        if obj.empty:  # nothing changed in the window: the current state stays as it is
-            return StagedWrite(f"{path.name}:{layer}", metadata={"gpkg_rows_inserted": 0})
-        temp = temp_sibling(path)
-        try:
-            pyogrio.write_dataframe(
-                floor_to_milliseconds(obj), temp, layer=layer, driver="GPKG",
-                promote_to_multi=True, geometry_type="MultiPolygon", use_arrow=True,
-            )
-            if path.exists():
-                staged = self._stage_merge(path, temp, layer, list(obj.columns), keys, cursor,
-                                           files)
-            else:
-                staged = self._stage_new(path, temp, layer, keys)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        staged.metadata.update({"gpkg_path": str(path), "gpkg_layer": layer})
-        return staged
+    def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
+        layer = target.metadata.get(GPKG_LAYER) or target.name
+        return GeoPackageWriter(export_path(self.export_dir, self.file_name), layer, target,
+                                files)
 
-    @staticmethod
-    def _stage_new(path: Path, temp: Path, layer: str, keys: list[str]) -> StagedWrite:
-        with sqlite3.connect(temp) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
-            if keys:
-                conn.execute(f"CREATE UNIQUE INDEX {quote(f'ux_{layer}_key')} ON {quote(layer)} "
-                             f"({', '.join(quote(k) for k in keys)})")
-            rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
-        conn.close()
-        return StagedWrite(
-            f"{path.name}:{layer}", [lambda: os.replace(temp, path)],
-            [lambda: temp.unlink(missing_ok=True)],
-            {"gpkg_rows_inserted": rows, "gpkg_rows_updated": 0},
-        )
-
-    @staticmethod
-    def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
-                     keys: list[str], cursor: str | None, files: OutputTransactions
-                     ) -> StagedWrite:
-        def attach(conn: sqlite3.Connection) -> None:
-            _register_gpkg_functions(conn)
-            conn.execute("ATTACH DATABASE ? AS staged", (str(temp),))
-
-        conn, staged = files.begin(path, f"{path.name}:{layer}", attach)
-        try:
-            existing = {r[1] for r in conn.execute(f"PRAGMA main.table_info({quote(layer)})")}
-            columns = [c for c in frame_columns if c != "geometry"] + [GEOMETRY_COLUMN]
-            missing = [c for c in columns if c not in existing]
-            if missing:
-                raise ValueError(
-                    f"Layer {layer!r} of {path} lacks column(s) {missing} (or does not exist). "
-                    f"The asset's columns changed: move {path.name} aside so the next run "
-                    "rebuilds it, then backfill every partition."
-                )
-            if keys:
-                conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
-                             f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
-            names = ", ".join(quote(c) for c in columns)
-            # counted by key lookups: the cost follows the rows synced, not the layer's size
-            stored = conn.execute(
-                f"SELECT count(*) FROM staged.{quote(layer)} JOIN main.{quote(layer)} "
-                f"USING ({', '.join(quote(k) for k in keys)})").fetchone()[0] if keys else 0
-            incoming = conn.execute(f"SELECT count(*) FROM staged.{quote(layer)}").fetchone()[0]
-            written = conn.execute(
-                f"INSERT INTO main.{quote(layer)} ({names}) "
-                f"SELECT {names} FROM staged.{quote(layer)} WHERE true "
-                f"{upsert_clause(layer, columns, keys, cursor, GPKG_TIME)}"
-            ).rowcount
-            conn.execute(
-                "UPDATE main.gpkg_contents SET "
-                "min_x = min(ifnull(gpkg_contents.min_x, s.min_x), s.min_x), "
-                "min_y = min(ifnull(gpkg_contents.min_y, s.min_y), s.min_y), "
-                "max_x = max(ifnull(gpkg_contents.max_x, s.max_x), s.max_x), "
-                "max_y = max(ifnull(gpkg_contents.max_y, s.max_y), s.max_y), "
-                "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
-                "FROM (SELECT * FROM staged.gpkg_contents WHERE table_name = ?) AS s "
-                "WHERE main.gpkg_contents.table_name = ? AND s.min_x IS NOT NULL AND ? > 0",
-                (layer, layer, written),
-            )
-        except BaseException:
-            staged.rollback()
-            raise
-        for steps in (staged.commit_steps, staged.rollback_steps):
-            steps.append(lambda: temp.unlink(missing_ok=True))
-        inserted = incoming - stored
-        staged.metadata = {"gpkg_rows_inserted": inserted,
-                           "gpkg_rows_updated": max(written, 0) - inserted}
-        return staged
-
-    def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
-                     files: OutputTransactions, tombstones: pd.DataFrame | None = None
-                     ) -> StagedWrite:
-        """Remove the ids' features (unless the stored version is newer) in one transaction;
-        GDAL's triggers keep the spatial index and feature count in step. The tombstones are
-        kept by the SQLite outputs, not here."""
-        path = export_path(self.export_dir, self.file_name)
+    def open_delete(self, asset: str, metadata: dict, run_id: str, files: OutputTransactions
+                    ) -> RemovalWriter:
         layer = metadata.get(GPKG_LAYER) or asset
-        if not path.exists() or not len(removals):
-            return StagedWrite(f"{path.name}:{layer} deletes", metadata={"deleted_from_gpkg": 0})
-        conn, staged = files.begin(path, f"{path.name}:{layer} deletes",
-                                   _register_gpkg_functions)
-        try:
-            deleted = conn.executemany(
-                f"DELETE FROM {quote(layer)} WHERE id = ? AND "
-                f"{GPKG_TIME.format('updated_at')} <= {GPKG_TIME.format('?')}",
-                to_rows(removals[["id", "as_of"]])).rowcount
-        except BaseException:
-            staged.rollback()
-            raise
-        staged.metadata = {"deleted_from_gpkg": max(deleted, 0)}
-        return staged
+        return GeoPackageRemovals(export_path(self.export_dir, self.file_name), layer, files)
 
     def load_input(self, context: InputContext) -> gpd.GeoDataFrame | pd.DataFrame:
         """The current features of the requested partitions (all if unpartitioned). An input

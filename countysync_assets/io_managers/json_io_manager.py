@@ -8,9 +8,18 @@ from countysync_assets.io_managers.format_io_manager import PartitionedFileIOMan
 
 
 class JsonIOManager(PartitionedFileIOManager):
-    """``<export_dir>/<asset>/<partition>.json``: records, ISO 8601 timestamps with offset."""
+    """``<export_dir>/<asset>/<partition>.json``: an array of records, one per line, ISO 8601
+    timestamps with offset. Written batch by batch: pandas encodes each batch as JSON lines
+    (in C), which become the array's elements."""
 
     extension = ".json"
 
-    def write_file(self, frame: pd.DataFrame, temp: Path, final: Path) -> None:
-        frame.to_json(temp, orient="records", force_ascii=False, indent=1)
+    def append(self, frame: pd.DataFrame, temp: Path, first: bool) -> None:
+        lines = frame.to_json(orient="records", lines=True, force_ascii=False,
+                              date_format="iso").rstrip("\n")
+        with open(temp, "w" if first else "a", encoding="utf-8") as out:
+            out.write(("[\n" if first else ",\n") + lines.replace("}\n{", "},\n{"))
+
+    def close(self, temp: Path, empty: pd.DataFrame | None, written: bool) -> None:
+        with open(temp, "a" if written else "w", encoding="utf-8") as out:
+            out.write("\n]\n" if written else "[]\n")

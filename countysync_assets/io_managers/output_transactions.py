@@ -142,16 +142,16 @@ class OutputTransactions:
         return conn, StagedWrite(description, [commit], [lambda: abandon(conn)])
 
 
-# Room a run needs on the export disk, as a multiple of the rows it holds in memory: the
+# Room a run needs on the export disk, as a multiple of the size its rows have in memory: the
 # SQLite files, their write-ahead logs, the GeoPackage and the change files of every output
 # built from those rows (measured: about 3x; 8x leaves room for indexes and the WAL).
 ROOM_FACTOR = 8
 
 
-def check_room(export_dir: str, rows: object, asset: str) -> None:
-    """Refuse to start writing when the export disk cannot hold what the run writes, so a
-    full disk stops a run before its first output, not between two of them."""
-    size = rows.memory_usage(deep=True).sum() if hasattr(rows, "memory_usage") else 0
+def check_room(export_dir: str, size: int, asset: str) -> None:
+    """Refuse to start writing when the export disk cannot hold what the run writes (rows of
+    ``size`` bytes in memory), so a full disk stops a run before its first output, not
+    between two of them."""
     needed = ROOM_FACTOR * int(size) + 16 * 2**20
     root = Path(export_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,10 @@ from countysync_assets.io_managers.format_io_manager import (
     CURSOR_COLUMN,
     KEY_COLUMNS,
     SQLITE_DB,
+    BatchWriter,
     FormatIOManager,
+    OutputTarget,
+    RemovalWriter,
     input_window,
 )
 from countysync_assets.io_managers.output_transactions import OutputTransactions, open_database
@@ -87,21 +90,26 @@ def to_rows(frame: pd.DataFrame) -> Iterator[tuple]:
         yield from plain.where(plain.notna(), None).itertuples(index=False, name=None)
 
 
-def upsert_clause(table: str, columns: list[str], keys: list[str], cursor: str | None,
-                  cursor_expr: str = "{}") -> str:
+def newer_rule(table: str, incoming: str, values: list[str], cursor: str | None,
+               cursor_expr: str = "{}") -> str:
+    """SQL that is true where the ``incoming`` row may replace the stored one: a newer
+    version, or an equally new one with different values (never an older one).
+    ``cursor_expr`` wraps the cursor for comparison."""
+    differs = " OR ".join(f"{table}.{quote(c)} IS NOT {incoming}.{quote(c)}" for c in values)
+    if not cursor:
+        return differs
+    new = cursor_expr.format(f"{incoming}.{quote(cursor)}")
+    old = cursor_expr.format(f"{table}.{quote(cursor)}")
+    return f"{new} > {old} OR ({new} = {old} AND ({differs}))"
+
+
+def upsert_clause(table: str, columns: list[str], keys: list[str], cursor: str | None) -> str:
     """``ON CONFLICT (keys) DO UPDATE ...`` that lets only a newer or equally new, different
-    version replace the stored row. ``cursor_expr`` wraps the cursor for comparison."""
+    version replace the stored row."""
     values = [c for c in columns if c not in keys]
-    target = quote(table)
-    differs = " OR ".join(f"{target}.{quote(c)} IS NOT excluded.{quote(c)}" for c in values)
-    rule = differs
-    if cursor:
-        new = cursor_expr.format(f"excluded.{quote(cursor)}")
-        old = cursor_expr.format(f"{target}.{quote(cursor)}")
-        rule = f"{new} > {old} OR ({new} = {old} AND ({differs}))"
     assignments = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in values)
-    return (f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) "
-            f"DO UPDATE SET {assignments} WHERE {rule}")
+    return (f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {assignments} "
+            f"WHERE {newer_rule(quote(table), 'excluded', values, cursor)}")
 
 
 def has_rows(conn: sqlite3.Connection, table: str) -> bool:
@@ -117,151 +125,219 @@ def insert_sql(table: str, columns: list[str]) -> str:
     return f"INSERT INTO {quote(table)} ({names}) VALUES ({', '.join('?' for _ in columns)})"
 
 
+def cursor_index(conn: sqlite3.Connection, table: str, cursor: str) -> None:
+    """The index on the cursor column (watermarks, window reads)."""
+    conn.execute(f"CREATE INDEX IF NOT EXISTS {quote(f'ix_{table}_{cursor}')} "
+                 f"ON {quote(table)} ({quote(cursor)})")
+
+
+def ensure_table(conn: sqlite3.Connection, table: str, frame: pd.DataFrame,
+                 declared: dict[str, str], keys: list[str]) -> bool:
+    """Create the table (primary key on ``keys``) or add columns the asset gained since;
+    True if it was created."""
+    existing = {row[1] for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
+    if not existing:
+        columns = [f"{quote(c)} {sqlite_type(frame[c], declared.get(c))}" for c in frame.columns]
+        if keys:
+            columns.append(f"PRIMARY KEY ({', '.join(quote(k) for k in keys)})")
+        conn.execute(f"CREATE TABLE {quote(table)} ({', '.join(columns)})")
+        return True
+    for column in frame.columns:
+        if column not in existing:
+            conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} "
+                         f"{sqlite_type(frame[column], declared.get(column))}")
+    return False
+
+
+def log_sync(conn: sqlite3.Connection, run_id: str, table: str, keys: list[str],
+             counts: dict) -> None:
+    """One row of ``sync_log``, in the write's own transaction."""
+    partitions = f"{keys[0]}...{keys[-1]}" if len(keys) > 1 else (keys[0] if keys else None)
+    conn.execute(SYNC_LOG_SCHEMA)
+    conn.execute(
+        "INSERT INTO sync_log VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), :run_id, "
+        ":asset, :partitions, :rows_in, :inserted, :updated, :unchanged, :deleted, "
+        ":watermark_before, :watermark_after, :seconds)",
+        {"rows_in": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0,
+         "watermark_before": None, "watermark_after": None, **counts, "run_id": run_id,
+         "asset": table, "partitions": partitions})
+
+
+def watermark(conn: sqlite3.Connection, table: str, cursor: str | None) -> str | None:
+    """The newest cursor value stored (the cursor is indexed: this is one seek)."""
+    if not cursor:
+        return None
+    return conn.execute(f"SELECT max({quote(cursor)}) FROM {quote(table)}").fetchone()[0]
+
+
+def count_stored(conn: sqlite3.Connection, table: str, keys: pd.DataFrame) -> int:
+    """How many of the incoming keys the table already holds, by index lookups, so the
+    cost follows the rows synced rather than the rows stored."""
+    if not len(keys):
+        return 0
+    names = ", ".join(quote(c) for c in keys.columns)
+    conn.execute(f"CREATE TEMP TABLE incoming_keys ({names})")
+    try:
+        conn.executemany(insert_sql("incoming_keys", list(keys.columns)), to_rows(keys))
+        return conn.execute(f"SELECT count(*) FROM temp.incoming_keys JOIN main."
+                            f"{quote(table)} USING ({names})").fetchone()[0]
+    finally:
+        conn.execute("DROP TABLE temp.incoming_keys")
+
+
+class SQLiteWriter(BatchWriter):
+    """Upserts one output's batches into its table, in the file's one transaction.
+
+    Into a new or empty table the rows go in as they come, counted as inserted, and the
+    cursor index is built after the load (one sort, not an index update per row); into a
+    populated table each batch is upserted newer-wins and counted by key lookups."""
+
+    def __init__(self, path: Path, target: OutputTarget, files: OutputTransactions):
+        self.path, self.target, self.table = path, target, target.name
+        self.keys = list(target.metadata.get(KEY_COLUMNS) or [])
+        self.cursor = target.metadata.get(CURSOR_COLUMN)
+        schema = target.metadata.get("dagster/column_schema")
+        self.declared = {c.name: c.type for c in schema.columns} if schema else {}
+        self.started = time.monotonic()
+        self.conn, self.staged = files.begin(path, f"{path.name}:{self.table}")
+        self.statement: str | None = None
+        self.counts = {"rows_in": 0, "inserted": 0, "updated": 0, "unchanged": 0,
+                       "deleted": 0}
+
+    def _prepare(self, frame: pd.DataFrame) -> None:
+        """At the first batch: the table, and whether this is a bulk load."""
+        conn, table = self.conn, self.table
+        created = ensure_table(conn, table, frame, self.declared, self.keys)
+        self.bulk = created or not has_rows(conn, table)
+        self.counts["watermark_before"] = watermark(conn, table, self.cursor)
+        columns = list(frame.columns)
+        if self.keys:
+            self.statement = (f"{insert_sql(table, columns)} "
+                              f"{upsert_clause(table, columns, self.keys, self.cursor)}")
+        else:  # a summary: replaced whole
+            conn.execute(f"DELETE FROM {quote(table)}")
+            self.statement = insert_sql(table, columns)
+        if self.cursor and not self.bulk:
+            cursor_index(conn, table, self.cursor)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        try:
+            if self.statement is None:
+                self._prepare(frame)
+            stored = 0 if self.bulk or not self.keys else \
+                count_stored(self.conn, self.table, frame[self.keys])
+            written = max(self.conn.executemany(self.statement, to_rows(frame)).rowcount, 0)
+        except BaseException:
+            self.discard()
+            raise
+        inserted = len(frame) - stored if self.keys else written
+        self.counts["rows_in"] += len(frame)
+        self.counts["inserted"] += inserted
+        self.counts["updated"] += written - inserted
+        self.counts["unchanged"] += len(frame) - written
+
+    def finish(self) -> StagedWrite:
+        try:
+            if self.cursor and self.statement is not None:
+                cursor_index(self.conn, self.table, self.cursor)
+            counts = {**self.counts, "seconds": round(time.monotonic() - self.started, 3),
+                      "watermark_after": watermark(self.conn, self.table, self.cursor)
+                      if self.statement is not None else None}
+            log_sync(self.conn, self.target.run_id, self.table, self.target.partition_keys,
+                     counts)
+        except BaseException:
+            self.discard()
+            raise
+        self.staged.metadata = {
+            "sqlite_path": str(self.path),
+            "sqlite_table": self.table,
+            "sqlite_rows_inserted": counts["inserted"],
+            "sqlite_rows_updated": counts["updated"],
+            "sqlite_rows_unchanged": counts["unchanged"],
+            "watermark_before": counts.get("watermark_before") or "",
+            "watermark_after": counts["watermark_after"] or "",
+            "sync_seconds": counts["seconds"],
+        }
+        return self.staged
+
+    def discard(self) -> None:
+        self.staged.rollback()
+
+
+class SQLiteRemovals(RemovalWriter):
+    """Deletes ids from an asset's table, unless the stored version is newer (the id came
+    back), and keeps any tombstones in this database's ``deleted_parcels`` table; in the
+    file's one transaction. Logged in ``sync_log`` when it deletes or records something."""
+
+    def __init__(self, path: Path, asset: str, run_id: str, files: OutputTransactions):
+        self.path, self.asset, self.run_id = path, asset, run_id
+        self.started = time.monotonic()
+        self.files, self.conn, self.staged = files, None, None
+        self.deleted = self.rows_in = 0
+        self.tombstones = False
+
+    def write(self, removals: pd.DataFrame, tombstones: pd.DataFrame | None = None) -> None:
+        if tombstones is None and (not len(removals) or not self.path.exists()):
+            return  # nothing to remove from a file never written: a first sync
+        try:
+            if self.conn is None:
+                self.conn, self.staged = self.files.begin(
+                    self.path, f"{self.path.name}:{self.asset} deletes")
+            self.rows_in += len(removals)
+            # an empty table (no rejects yet, say) is skipped: a first sync removes nothing
+            if len(removals) and has_rows(self.conn, self.asset):
+                self.deleted += max(self.conn.executemany(
+                    f'DELETE FROM {quote(self.asset)} WHERE "id" = ? AND "updated_at" <= ?',
+                    to_rows(removals[["id", "as_of"]])).rowcount, 0)
+            if tombstones is not None:
+                self.tombstones = True
+                ensure_table(self.conn, "deleted_parcels", tombstones, {}, ["id"])
+                columns = list(tombstones.columns)
+                self.conn.executemany(
+                    f"{insert_sql('deleted_parcels', columns)} "
+                    f"{upsert_clause('deleted_parcels', columns, ['id'], 'deleted_at')}",
+                    to_rows(tombstones))
+        except BaseException:
+            self.discard()
+            raise
+
+    def finish(self) -> StagedWrite:
+        if self.conn is None:
+            return StagedWrite(f"{self.path.name}:{self.asset} deletes",
+                               metadata={f"deleted_from_{self.asset}": 0})
+        try:
+            if self.tombstones or self.deleted:
+                log_sync(self.conn, self.run_id, self.asset, [], {
+                    "rows_in": self.rows_in, "deleted": self.deleted,
+                    "seconds": round(time.monotonic() - self.started, 3)})
+        except BaseException:
+            self.discard()
+            raise
+        self.staged.metadata = {f"deleted_from_{self.asset}": self.deleted}
+        return self.staged
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            self.staged.rollback()
+
+
 class SQLiteIOManager(FormatIOManager):
     """Current state in ``<export_dir>/<db>.sqlite``, table ``<asset>``."""
 
     def db_path(self, context: OutputContext | InputContext) -> Path:
         metadata = (context.upstream_output if isinstance(context, InputContext)
                     else context).definition_metadata or {}
-        return export_path(self.export_dir,
-                           metadata.get(SQLITE_DB) or f"{asset_name(context)}.sqlite")
+        return self._path(asset_name(context), metadata)
 
-    def stage(self, context: OutputContext, obj: pd.DataFrame,
-              files: OutputTransactions) -> StagedWrite:
-        metadata = context.definition_metadata or {}
-        keys = list(metadata.get(KEY_COLUMNS) or [])
-        cursor = metadata.get(CURSOR_COLUMN)
-        path, table = self.db_path(context), asset_name(context)
-        started = time.monotonic()
-        conn, staged = files.begin(path, f"{path.name}:{table}")
-        try:
-            schema = metadata.get("dagster/column_schema")
-            declared = {c.name: c.type for c in schema.columns} if schema else {}
-            self._ensure_table(conn, table, obj, declared, keys, cursor)
-            mark_before = self._watermark(conn, table, cursor)
-            columns = list(obj.columns)
-            if keys:
-                stored = self._count_stored(conn, table, obj[keys])
-                statement = (f"{insert_sql(table, columns)} "
-                             f"{upsert_clause(table, columns, keys, cursor)}")
-            else:
-                conn.execute(f"DELETE FROM {quote(table)}")
-                statement = insert_sql(table, columns)
-            written = max(conn.executemany(statement, to_rows(obj)).rowcount, 0)
-            inserted = len(obj) - stored if keys else written
-            counts = {"rows_in": len(obj), "inserted": inserted, "updated": written - inserted,
-                      "unchanged": len(obj) - written, "deleted": 0,
-                      "watermark_before": mark_before,
-                      "watermark_after": self._watermark(conn, table, cursor),
-                      "seconds": round(time.monotonic() - started, 3)}
-            keys_written = context.asset_partition_keys if context.has_asset_partitions else []
-            self._log_sync(conn, context.run_id, table, keys_written, counts)
-        except BaseException:
-            staged.rollback()
-            raise
-        staged.metadata = {
-            "sqlite_path": str(path),
-            "sqlite_table": table,
-            "sqlite_rows_inserted": counts["inserted"],
-            "sqlite_rows_updated": counts["updated"],
-            "sqlite_rows_unchanged": counts["unchanged"],
-            "watermark_before": counts["watermark_before"] or "",
-            "watermark_after": counts["watermark_after"] or "",
-            "sync_seconds": counts["seconds"],
-        }
-        return staged
+    def _path(self, asset: str, metadata: dict) -> Path:
+        return export_path(self.export_dir, metadata.get(SQLITE_DB) or f"{asset}.sqlite")
 
-    @staticmethod
-    def _count_stored(conn: sqlite3.Connection, table: str, keys: pd.DataFrame) -> int:
-        """How many of the incoming keys the table already holds, by index lookups, so the
-        cost follows the rows synced rather than the rows stored."""
-        if not len(keys) or not has_rows(conn, table):
-            return 0
-        names = ", ".join(quote(c) for c in keys.columns)
-        conn.execute(f"CREATE TEMP TABLE incoming_keys ({names})")
-        try:
-            conn.executemany(insert_sql("incoming_keys", list(keys.columns)), to_rows(keys))
-            return conn.execute(f"SELECT count(*) FROM temp.incoming_keys JOIN main."
-                                f"{quote(table)} USING ({names})").fetchone()[0]
-        finally:
-            conn.execute("DROP TABLE temp.incoming_keys")
+    def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
+        return SQLiteWriter(self._path(target.name, target.metadata), target, files)
 
-    @staticmethod
-    def _watermark(conn: sqlite3.Connection, table: str, cursor: str | None) -> str | None:
-        """The newest cursor value stored (the cursor is indexed: this is one seek)."""
-        if not cursor:
-            return None
-        return conn.execute(f"SELECT max({quote(cursor)}) FROM {quote(table)}").fetchone()[0]
-
-    @staticmethod
-    def _log_sync(conn: sqlite3.Connection, run_id: str, table: str, keys: list[str],
-                  counts: dict) -> None:
-        partitions = f"{keys[0]}...{keys[-1]}" if len(keys) > 1 else (keys[0] if keys else None)
-        conn.execute(SYNC_LOG_SCHEMA)
-        conn.execute(
-            "INSERT INTO sync_log VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), :run_id, "
-            ":asset, :partitions, :rows_in, :inserted, :updated, :unchanged, :deleted, "
-            ":watermark_before, :watermark_after, :seconds)",
-            {"rows_in": 0, "inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0,
-             "watermark_before": None, "watermark_after": None, **counts, "run_id": run_id,
-             "asset": table, "partitions": partitions})
-
-    def stage_delete(self, asset: str, metadata: dict, removals: pd.DataFrame, run_id: str,
-                     files: OutputTransactions, tombstones: pd.DataFrame | None = None
-                     ) -> StagedWrite:
-        """Delete the ids from ``asset``'s table, unless the stored version is newer (the id
-        came back), and keep any tombstones in this database's ``deleted_parcels`` table;
-        one transaction. Logged in ``sync_log`` when it deletes or records something."""
-        path = export_path(self.export_dir, metadata.get(SQLITE_DB) or f"{asset}.sqlite")
-        if tombstones is None and not path.exists():
-            return StagedWrite(f"{path.name}:{asset} deletes",
-                               metadata={f"deleted_from_{asset}": 0})
-        started = time.monotonic()
-        conn, staged = files.begin(path, f"{path.name}:{asset} deletes")
-        try:
-            deleted = 0
-            # an empty table (no rejects yet, say) is skipped: a first sync removes nothing
-            if len(removals) and has_rows(conn, asset):
-                deleted = max(conn.executemany(
-                    f'DELETE FROM {quote(asset)} WHERE "id" = ? AND "updated_at" <= ?',
-                    to_rows(removals[["id", "as_of"]])).rowcount, 0)
-            if tombstones is not None:
-                self._ensure_table(conn, "deleted_parcels", tombstones, {}, ["id"],
-                                   "deleted_at")
-                columns = list(tombstones.columns)
-                conn.executemany(
-                    f"{insert_sql('deleted_parcels', columns)} "
-                    f"{upsert_clause('deleted_parcels', columns, ['id'], 'deleted_at')}",
-                    to_rows(tombstones))
-            if tombstones is not None or deleted:
-                self._log_sync(conn, run_id, asset, [], {
-                    "rows_in": len(removals), "deleted": deleted,
-                    "seconds": round(time.monotonic() - started, 3)})
-        except BaseException:
-            staged.rollback()
-            raise
-        staged.metadata = {f"deleted_from_{asset}": deleted}
-        return staged
-
-    @staticmethod
-    def _ensure_table(conn: sqlite3.Connection, table: str, frame: pd.DataFrame,
-                      declared: dict[str, str], keys: list[str], cursor: str | None) -> None:
-        """Create the table (key, cursor index) or add columns the asset gained since."""
-        existing = {row[1] for row in conn.execute(f"PRAGMA table_info({quote(table)})")}
-        if not existing:
-            columns = [f"{quote(c)} {sqlite_type(frame[c], declared.get(c))}"
-                       for c in frame.columns]
-            if keys:
-                columns.append(f"PRIMARY KEY ({', '.join(quote(k) for k in keys)})")
-            conn.execute(f"CREATE TABLE {quote(table)} ({', '.join(columns)})")
-            if cursor:
-                conn.execute(f"CREATE INDEX {quote(f'ix_{table}_{cursor}')} "
-                             f"ON {quote(table)} ({quote(cursor)})")
-            return
-        for column in frame.columns:
-            if column not in existing:
-                conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} "
-                             f"{sqlite_type(frame[column], declared.get(column))}")
+    def open_delete(self, asset: str, metadata: dict, run_id: str, files: OutputTransactions
+                    ) -> RemovalWriter:
+        return SQLiteRemovals(self._path(asset, metadata), asset, run_id, files)
 
     def load_input(self, context: InputContext) -> pd.DataFrame:
         """The current rows of the requested partitions (all rows if unpartitioned).

@@ -12,11 +12,14 @@ import os
 import sqlite3
 import sys
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from countysync_assets import demo_source
+from countysync_assets.partitions import START_ENV
 from countysync_assets.resources.master_parcels_source import SourceError
+
+GO_LIVE_DAYS = 30  # the demo's history before this many days is its baseline
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +39,18 @@ def _print_demo(args: argparse.Namespace) -> None:
                                             days=args.days)
     print(f"Created demo source {result['url']}: {result['rows']} parcels (seed {result['seed']}),"
           f" updated_at {result['updated_from']} .. {result['updated_to']} UTC.")
+    if args.env_file:
+        go_live = (result["updated_to"] - timedelta(days=GO_LIVE_DAYS)).date().isoformat()
+        set_env(Path(args.env_file), START_ENV, go_live)
+        print(f"Set {START_ENV}={go_live} in {args.env_file}: the first window holds every "
+              f"row changed before it (the baseline), then one window per day ({GO_LIVE_DAYS}).")
+
+
+def set_env(path: Path, name: str, value: str) -> None:
+    """Set ``name=value`` in a .env file, keeping its other lines."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if not line.startswith(f"{name}=")] + [f"{name}={value}"]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _print_churn(args: argparse.Namespace) -> None:
@@ -136,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--as-of", help="latest updated_at (ISO date, UTC); default today 00:00")
     demo.add_argument("--days", type=float, default=365,
                       help="spread updated_at over this many days before --as-of")
+    demo.add_argument("--env-file", help=f"also set {START_ENV} in this .env file to "
+                      f"{GO_LIVE_DAYS} days before the newest row (the demo's go-live date)")
     _add_target(demo)
     demo.set_defaults(run=_print_demo)
 

@@ -12,7 +12,7 @@ mkdir -p "$DAGSTER_HOME"
 # DAGSTER_HOME would both try to create it
 .venv/bin/dagster instance migrate > "$DAGSTER_HOME/instance-migrate.log" 2>&1 || {
   cat "$DAGSTER_HOME/instance-migrate.log"; exit 1; }
-.venv/bin/countysync demo-source --rows "${ROWS:-50000}"
+.venv/bin/countysync demo-source --rows "${ROWS:-50000}" --env-file .env
 range=$(.venv/bin/countysync partition-range)
 echo "Materializing every asset for partitions $range in one run ..."
 .venv/bin/dagster asset materialize -m countysync_assets.definitions --select '*' \

@@ -6,10 +6,11 @@ import shutil
 from datetime import timedelta
 
 import pytest
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, execute
-from output_checks import assert_outputs_match_source, partition_keys, source_rows
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, execute, materialize_range
+from output_checks import assert_outputs_match_source, partition_keys
 
 from countysync_assets.demo_source import churn
+from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors import source_changes_sensor as sensor_module
 from countysync_assets.sensors.sync_cursor import SyncCursor
 
@@ -73,29 +74,29 @@ def requested_range(request) -> tuple[str, str]:
             request.tags["dagster/asset_partition_range_end"])
 
 
-def test_a_huge_change_set_is_synced_in_bounded_runs_one_at_a_time(syncing, demo_url,
-                                                                    tmp_path, monkeypatch):
+def test_a_huge_change_set_is_one_streamed_run(syncing, demo_url, tmp_path, monkeypatch):
+    """A first sync above the row limit is one run over every window that holds rows (it
+    streams, so its memory does not grow with them)."""
     monkeypatch.setattr(sensor_module, "MAX_ROWS_PER_POLL", 600)  # the 4 days hold 2,000
-    per_partition = source_rows(demo_url)["partition"].value_counts()
     result = syncing.tick()
-    waiting = syncing.tick()  # before the run: the next range waits for it
-    assert not waiting.run_requests
-    assert "waiting for" in waiting.skip_reason.skip_message
-    ranges = []
-    while result.run_requests:
-        assert len(result.run_requests) == 1
-        ranges.append(requested_range(result.run_requests[0]))
-        assert syncing.run(result) == [True]
-        result = syncing.tick()
-    assert len(ranges) >= 3
-    synced: set[str] = set()
-    for first, last in ranges:  # each run adds at most 600 rows, or a single window, to the
-        new = [k for k in partition_keys(first, last) if k not in synced]  # look-back window
-        assert len(new) == 1 or per_partition[new].sum() <= 600
-        synced.update(new)
-    assert sorted(synced) == partition_keys(FIRST_KEY, LAST_KEY)
+    assert len(result.run_requests) == 1
+    assert requested_range(result.run_requests[0]) == (FIRST_KEY, LAST_KEY)
+    assert not syncing.tick().run_requests  # before the run: nothing more is requested
+    assert syncing.run(result) == [True]
+    assert not syncing.tick().run_requests
     assert_outputs_match_source(demo_url, tmp_path / "exports", partition_keys(FIRST_KEY,
                                                                                LAST_KEY))
+
+
+def test_a_new_cursor_starts_from_what_the_outputs_hold(syncing, demo_url, tmp_path,
+                                                        instance):
+    """Outputs written without the sensor (the README's demo, a CLI backfill, another
+    instance): a new cursor requests nothing until the source changes."""
+    source = MasterParcelsSource(url=demo_url)
+    assert materialize_range(source, tmp_path / "exports", instance).success
+    assert not syncing.tick().run_requests
+    churn(demo_url, updates=3, seed=1, now=AS_OF + timedelta(hours=2))
+    assert [r.partition_key for r in syncing.tick().run_requests] == ["2026-06-01"]
 
 
 def test_a_failed_run_is_requested_again_until_the_outputs_match(syncing, demo_url, tmp_path,

@@ -1,4 +1,4 @@
-"""``sync_parcels``: one step that reads the window's changed rows once and writes every output
+"""``parcel_sync``: one step that reads the window's changed rows once and writes every output
 from the same batches, top to bottom:
 
     source batch -> row checks -> master_parcels (optional raw mirror)  | parcel_rejects
@@ -36,9 +36,9 @@ TYPED = {"working": working.FRAME_TYPE, "stats": stats.FRAME_TYPE}
     specs=SPECS,
     partitions_def=PARTITIONS,
     backfill_policy=BackfillPolicy.single_run(),
-    name="sync_parcels",
+    name="parcel_sync",
 )
-def sync_parcels(context: AssetExecutionContext, source: MasterParcelsSource,
+def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
                  io_manager: ResourceParam[ExportIOManager]):
     window = rows_window(PARTITIONS, context.partition_time_window)
     keys = context.partition_keys

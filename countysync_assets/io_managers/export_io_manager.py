@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,15 @@ class ExportIOManager(ConfigurableIOManager):
             get_dagster_logger().info(
                 f"Removed {removed} bytes of staging files a killed run left.")
         return OutputSet(self, targets)
+
+    def newest_synced(self, outputs: dict[str, dict]) -> datetime | None:
+        """The newest ``updated_at`` (UTC) the SQLite outputs among ``outputs`` (asset ->
+        definition metadata) hold, however they were written; None if none is."""
+        values = [self.manager("sqlite").newest(name, metadata)
+                  for name, metadata in outputs.items()
+                  if "sqlite" in self.formats_of(name, metadata)]
+        values = [v for v in values if v]
+        return datetime.fromisoformat(max(values)) if values else None
 
     def check_room(self, expected_bytes: int, what: str) -> None:
         """Refuse to start when the export disk cannot hold what the run will write."""

@@ -332,6 +332,14 @@ class SQLiteIOManager(FormatIOManager):
     def _path(self, asset: str, metadata: dict) -> Path:
         return export_path(self.export_dir, metadata.get(SQLITE_DB) or f"{asset}.sqlite")
 
+    def newest(self, asset: str, metadata: dict) -> str | None:
+        """The newest cursor value ``asset``'s table holds (ISO text); None if not written."""
+        path, cursor = self._path(asset, metadata), metadata.get(CURSOR_COLUMN)
+        if not cursor or not _has_table(path, asset):
+            return None
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return watermark(conn, asset, cursor)
+
     def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
         return SQLiteWriter(self._path(target.name, target.metadata), target, files)
 

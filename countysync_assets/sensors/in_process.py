@@ -21,16 +21,17 @@ class InProcessSync:
                  cursor: str | None = None):
         self.source, self.instance, self.cursor = source, instance, cursor
         self.launched: set[str] = set()  # run keys already run: the daemon skips them too
+        self.io_manager = ExportIOManager(export_dir=str(exports))
         self.defs = Definitions(
             assets=all_assets, jobs=[sync_job, reconcile_deletes_job],
             sensors=[source_changes_sensor],
-            resources={"source": source,
-                       "io_manager": ExportIOManager(export_dir=str(exports))})
+            resources={"source": source, "io_manager": self.io_manager})
 
     def tick(self) -> SensorResult:
         """One evaluation of the change sensor; its cursor is kept for the next."""
         context = build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                       resources={"source": self.source},
+                                       resources={"source": self.source,
+                                                  "io_manager": self.io_manager},
                                        definitions=self.defs)
         result = source_changes_sensor(context)
         self.cursor = result.cursor

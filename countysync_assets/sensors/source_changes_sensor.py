@@ -4,9 +4,10 @@ Each tick reads the key and cursor of the rows at or after the watermark minus a
 overlap (late-committing transactions land behind the watermark), digests them per partition
 and requests a run for every partition whose digest changed. Run keys hold the watermark and
 the digest, so a later change to the same partition is never deduplicated away. A huge change
-set (the first tick, a mass update) is synced as partition-range runs of at most
-``MAX_ROWS_PER_POLL`` rows, one at a time, the watermark following each: memory stays that of
-one such run however big the county (a single window holding more rows is still one run).
+set (a first sync, a mass update: more than ``MAX_ROWS_PER_POLL`` rows) is one run over the
+partitions that hold it: a run streams its rows, so its memory does not grow with them, and
+the sensor reads only the keys of its look-back. A new cursor starts from the watermark the
+outputs already hold, so a sync is never repeated because the cursor is new.
 Requested runs stay in the cursor until they succeed; failed ones are requested again with
 backoff, and a run whose process died (kill -9, a reboot) is marked failed and requested again
 at once, so no change is lost and no run is left STARTED for ever.
@@ -26,6 +27,7 @@ from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     PartitionKeyRange,
+    ResourceParam,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
@@ -35,10 +37,15 @@ from dagster import (
 from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.tags import RUN_KEY_TAG
 
+from countysync_assets.assets.master_parcels import PUBLISHED, REJECTS_SPEC
+from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import PARTITIONS, partition_keys_for, range_tags
 from countysync_assets.processes import process_alive
-from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+from countysync_assets.resources.master_parcels_source import (
+    EARLIEST_CURSOR,
+    MasterParcelsSource,
+)
 from countysync_assets.sensors.sync_cursor import PendingRun, SyncCursor
 
 INTERVAL_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_INTERVAL_SECONDS") or 60)
@@ -50,6 +57,8 @@ MAX_RUNS_PER_TICK = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_RUNS_PER_TICK") or
 STALLED_AFTER_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS") or 1800)
 UNLAUNCHED_AFTER_SECONDS = 600  # a request with no run after this long is requested again
 FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+# the outputs whose rows tell how far a sync got (a run publishes them all or none)
+SYNCED = {**PUBLISHED, "parcel_rejects": dict(REJECTS_SPEC.metadata)}
 
 
 def newest_end() -> datetime:
@@ -58,8 +67,8 @@ def newest_end() -> datetime:
 
 
 def key_of(moment: datetime) -> str:
-    """The partition key of a UTC moment."""
-    return PARTITIONS.get_partition_key_for_timestamp(moment.timestamp())
+    """The partition key of a UTC moment (the first partition's for the baseline before it)."""
+    return PARTITIONS.get_partition_key_for_timestamp(max(moment, PARTITIONS.start).timestamp())
 
 
 def partition_of(rows: pd.DataFrame) -> pd.Series:
@@ -193,40 +202,34 @@ def uncursored_changes(context: SensorEvaluationContext, source: MasterParcelsSo
     return []
 
 
-def bounded_last(source: MasterParcelsSource, since: datetime, last: str) -> str:
-    """The last partition p (<= ``last``) such that the rows from ``since`` to the end of p
-    number at most ``MAX_ROWS_PER_POLL``; the partition of ``since`` if even that holds
-    more. Found by binary search with counts over the source's cursor index."""
-    keys = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(key_of(since), last))
-
-    def fits(key: str) -> bool:
-        end = PARTITIONS.time_window_for_partition_key(key).end
-        return source.count_since(since, end) <= MAX_ROWS_PER_POLL
-
-    if fits(keys[-1]):
-        return keys[-1]
-    known, too_big = 0, len(keys) - 1  # keys[known] is the answer unless a later one fits
-    while too_big - known > 1:
-        middle = (known + too_big) // 2
-        known, too_big = (middle, too_big) if fits(keys[middle]) else (known, middle)
-    return keys[known]
-
-
-def next_range(source: MasterParcelsSource, state: SyncCursor, since: datetime
-               ) -> tuple[pd.DataFrame, RunRequest]:
-    """A huge change set's next bounded run: from the look-back (late commits) to the last
-    partition that keeps the rows newer than the watermark within ``MAX_ROWS_PER_POLL``, so
-    every run moves the watermark on. Returns the run's rows and its request."""
+def range_run(source: MasterParcelsSource, state: SyncCursor, since: datetime
+              ) -> tuple[pd.DataFrame, RunRequest]:
+    """A huge change set (a first sync, a mass update) as one run over the partitions that
+    hold it: the run streams its rows in batches, so its memory does not grow with them, and
+    the sensor reads only the keys of the look-back at its end. Returns those rows and the
+    request."""
     end = newest_end()
     low, high = source.cursor_bounds(since, end)
-    newer = source.cursor_bounds(state.watermark_time + timedelta(microseconds=1), end) \
-        if state.watermark_time else None
-    first = key_of(low)
-    last = bounded_last(source, newer[0] if newer else low, key_of(high))
-    rows = with_times(source.changes_since(
-        since, PARTITIONS.time_window_for_partition_key(last).end), since)
+    first, last = key_of(low), key_of(high)
+    rows = with_times(source.changes_since(max(since, high - OVERLAP), end), high)
     mark = rows.iloc[-1]["cursor_text"]
     return rows, request(state, state.run_key(f"{first}...{last}|{mark}"), first, last)
+
+
+def adopt_outputs_watermark(context: SensorEvaluationContext, source: MasterParcelsSource,
+                            io_manager: ExportIOManager, state: SyncCursor) -> None:
+    """A new (or reset) cursor starts from what the outputs already hold, however they were
+    written (the demo, a CLI backfill, another instance), so nothing is synced again just
+    because the cursor is new. The look-back rows up to that mark count as synced."""
+    held = io_manager.newest_synced(SYNCED)
+    if held is None:
+        return
+    rows = with_times(source.changes_since(held - OVERLAP, held + timedelta(microseconds=1)),
+                      held - OVERLAP)
+    state.watermark = state.watermark_utc = held.isoformat()
+    state.digests, state.lookback_rows = digests(rows), len(rows)
+    context.log.info(f"The outputs already hold the rows up to {held.isoformat()}: the sensor "
+                     "starts from there.")
 
 
 def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
@@ -251,26 +254,27 @@ def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
     "requests the delete check when rows disappear. Reset its cursor (empty) to re-sync "
     "everything.",
 )
-def source_changes_sensor(context: SensorEvaluationContext,
-                          source: MasterParcelsSource) -> SensorResult:
+def source_changes_sensor(context: SensorEvaluationContext, source: MasterParcelsSource,
+                          io_manager: ResourceParam[ExportIOManager]) -> SensorResult:
     state = SyncCursor.from_json(context.cursor)
     run_requests = retry_failed(context, state, mark_dead_runs(context))
     run_requests += uncursored_changes(context, source, state)
-    since = PARTITIONS.start
-    if state.watermark_time:
-        since = max(state.watermark_time - OVERLAP, since)
+    if not context.cursor:  # new or reset; not after a reload, which must sync everything
+        adopt_outputs_watermark(context, source, io_manager, state)
+    # with no watermark: every row from 1970 on (the first partition holds the baseline)
+    since = state.watermark_time - OVERLAP if state.watermark_time else EARLIEST_CURSOR
     changed = source.count_since(since, newest_end())
-    if changed > MAX_ROWS_PER_POLL:  # the first sync, or a mass update: bounded range runs
-        if state.pending:  # one at a time: the next range once this one has succeeded
+    if changed > MAX_ROWS_PER_POLL:  # the first sync, or a mass update: one streamed run
+        if state.pending:  # one at a time: the next once this one has succeeded
             return SensorResult(
                 run_requests=run_requests, cursor=state.to_json(),
                 skip_reason=None if run_requests else f"{changed} changed rows; waiting for "
                 f"{', '.join(state.pending)} before the next range.")
-        rows, next_run = next_range(source, state, since)
+        rows, next_run = range_run(source, state, since)
         run_requests.append(next_run)
         planned = state.pending[next_run.run_key]
-        context.log.info(f"{changed} changed rows: a run for partitions {planned.first}.."
-                         f"{planned.last}, then the next range once it succeeds.")
+        context.log.info(f"{changed} changed rows: one run for partitions {planned.first}.."
+                         f"{planned.last}.")
     else:
         rows = with_times(source.changes_since(since, newest_end()), since)
         run_requests += window_requests(state, rows)

@@ -5,6 +5,10 @@ import os
 import uuid
 from datetime import UTC, datetime
 
+# The tests set their own configuration: never the .env a person made in the checkout (the
+# README's demo writes one), here or in the subprocesses the tests start.
+os.environ["COUNTYSYNC_ENV_FILE"] = os.devnull
+
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, instance_for_test, materialize
@@ -29,6 +33,13 @@ def demo_url(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'source.sqlite'}"
     create_demo_source(url, rows=2_000, seed=7, as_of=AS_OF, days=DAYS)
     return url
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The environment for a countysync subprocess: no COUNTYSYNC_* setting but ``settings``,
+    and no .env file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    return {**env, "COUNTYSYNC_ENV_FILE": os.devnull, **settings}
 
 
 def skip_or_fail_in_ci(reason: str) -> None:

@@ -23,14 +23,17 @@ STATS = ["id", "use_code", "acres", "land_value", "improvement_value", "assessed
 
 
 def source_rows(url: str) -> pd.DataFrame:
-    """The source table, with updated_at as the ISO text every output uses."""
+    """The source table, with updated_at as the ISO text every output uses, and the
+    partition that holds each row."""
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         frame = pd.read_sql(sa.text('SELECT * FROM "MasterParcels"'), conn)
     engine.dispose()
     stamps = pd.to_datetime(frame["updated_at"]).dt.tz_localize("UTC")
     frame["updated_at"] = stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-    frame["partition"] = stamps.dt.strftime("%Y-%m-%d")
+    # daily windows; rows before the partitions' start are the first window's baseline
+    frame["partition"] = stamps.dt.strftime("%Y-%m-%d").where(
+        stamps >= PARTITIONS.start, PARTITIONS.get_first_partition_key())
     return frame.sort_values("id", ignore_index=True)
 
 

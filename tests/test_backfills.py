@@ -1,13 +1,12 @@
 """Backfills from the command line, as the README shows them: a past range in one run, and
 the same range again, which must leave every output as it was."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import sqlalchemy as sa
-from conftest import AS_OF
+from conftest import AS_OF, clean_env
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
@@ -18,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_cli_backfill_of_a_past_range_then_a_rerun_changes_nothing(tmp_path):
     source = tmp_path / "demo.sqlite"
     create_demo_source(f"sqlite:///{source}", rows=800, seed=12, as_of=AS_OF, days=10)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    env = clean_env()
     env.update(DAGSTER_HOME=str(tmp_path), COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
                COUNTYSYNC_EXPORT_DIR=str(tmp_path / "exports"))
     command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize",

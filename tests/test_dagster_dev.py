@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, skip_or_fail_in_ci
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, clean_env, skip_or_fail_in_ci
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
@@ -75,7 +75,7 @@ def dagster_dev(tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster_dev")
     source = home / "demo.sqlite"
     create_demo_source(f"sqlite:///{source}", rows=600, seed=5, as_of=AS_OF, days=4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    env = clean_env()
     env.update(DAGSTER_HOME=str(home / "home"), COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
                COUNTYSYNC_EXPORT_DIR=str(home / "exports"), COUNTYSYNC_SOURCE_PASSWORD=SECRET)
     (home / "home").mkdir()

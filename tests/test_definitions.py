@@ -1,7 +1,6 @@
 """The code location loads the way ``dagster dev`` loads it, under each supported
 configuration, and refuses bad configuration with a message that names the setting."""
 
-import os
 import re
 import sqlite3
 import subprocess
@@ -10,6 +9,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from conftest import clean_env
 
 from countysync_assets.partitions import build_partitions_def
 
@@ -19,7 +19,7 @@ DAGSTER = Path(sys.executable).with_name("dagster")
 
 def validate(tmp_path, **env) -> subprocess.CompletedProcess:
     """``dagster definitions validate`` on workspace.yaml, as CI and a user would run it."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    environment = clean_env()
     environment.update(env, DAGSTER_HOME=str(tmp_path))
     return subprocess.run([str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
                           cwd=ROOT, env=environment, capture_output=True, text=True,
@@ -60,7 +60,7 @@ def test_formats_override_by_configuration(tmp_path):
 
 def test_hourly_sync_through_the_cli_as_the_readme_runs_it(tmp_path):
     """Hourly partitions, end to end: demo source, partition-range, dagster asset materialize."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    environment = clean_env()
     environment.update(
         DAGSTER_HOME=str(tmp_path), COUNTYSYNC_PARTITION_GRANULARITY="hourly",
         COUNTYSYNC_PARTITION_START="2026-05-31", COUNTYSYNC_EXPORT_DIR=str(tmp_path / "out"),

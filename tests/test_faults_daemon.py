@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import psutil
 import pytest
-from conftest import AS_OF, FIRST_KEY
+from conftest import AS_OF, FIRST_KEY, clean_env
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 from output_checks import assert_outputs_match_source, partition_keys
@@ -52,7 +52,7 @@ def test_kill_9_of_a_run_worker_under_the_daemon_recovers_unattended(tmp_path, r
     home = tmp_path
     url = f"sqlite:///{home / 'demo.sqlite'}"
     create_demo_source(url, rows=20_000, seed=5, as_of=AS_OF, days=4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    env = clean_env()
     env.update(DAGSTER_HOME=str(home / "home"), COUNTYSYNC_SOURCE_URL=url,
                COUNTYSYNC_EXPORT_DIR=str(home / "exports"),
                COUNTYSYNC_SENSOR_INTERVAL_SECONDS="15")

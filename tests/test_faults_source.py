@@ -4,7 +4,6 @@ cannot carry as typed. Each ends in one clear line, nothing published, and the n
 the password (a canary) never reaches a log, the event log, the compute logs, metadata or any
 output, whichever way the sync runs (CLI, the sensor's runs, status, partition-range)."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, materialize_range
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, clean_env, materialize_range
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
@@ -147,7 +146,7 @@ def test_the_password_never_leaves_the_environment(password, pg_database_url, tm
     home, exports = tmp_path / "home", tmp_path / "exports"
     home.mkdir()
     base = sa.make_url(pg_database_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COUNTYSYNC_")}
+    env = clean_env()
     env.update(DAGSTER_HOME=str(home), COUNTYSYNC_EXPORT_DIR=str(exports),
                COUNTYSYNC_SOURCE_URL=base.render_as_string(hide_password=False),
                COUNTYSYNC_SOURCE_PASSWORD=password, PYTHONPATH=str(ROOT))

@@ -121,12 +121,17 @@ def _print_status(args: argparse.Namespace) -> None:
         print(f"  {row.logged_at}  {row.asset:<17} {row.partitions or '-':<23} "
               f"{row.rows_in:>8} in: {row.inserted} new, {row.updated} updated, "
               f"{row.unchanged} unchanged, {row.deleted} deleted  ({row.seconds:.2f} s)")
-    marks = log.loc[log["asset"] == "master_parcels", "watermark_after"].dropna()
-    if marks.empty:
-        return
-    watermark = pd.Timestamp(marks.max())
-    print(f"Watermark (newest updated_at synced): {watermark.isoformat()}")
+    from countysync_assets.assets.master_parcels import SYNCED
+    from countysync_assets.io_managers.export_io_manager import ExportIOManager, parse_formats
     from countysync_assets.sensors.source_changes_sensor import newest_end
+
+    outputs = ExportIOManager(export_dir=str(root),
+                              formats=parse_formats(os.environ.get("COUNTYSYNC_FORMATS")))
+    held = outputs.newest_synced(SYNCED)
+    if held is None:
+        return
+    watermark = pd.Timestamp(held)
+    print(f"Watermark (newest updated_at synced): {watermark.isoformat()}")
 
     source = source_from_env(as_env_vars=False)
     newest = source.cursor_bounds(until=newest_end())

@@ -2,12 +2,16 @@
 instance, and a helper that materializes a partition range the way the README does."""
 
 import os
+import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 # The tests set their own configuration: never the .env a person made in the checkout (the
-# README's demo writes one), here or in the subprocesses the tests start.
+# README's demo writes one), here or in the subprocesses the tests start. Dagster's CLI loads
+# the .env of its working folder over the environment, so they start in one without it.
 os.environ["COUNTYSYNC_ENV_FILE"] = os.devnull
+RUN_DIR = Path(tempfile.mkdtemp(prefix="countysync-run-"))
 
 import pytest
 import sqlalchemy as sa
@@ -84,12 +88,15 @@ def instance():
 
 
 def materialize_range(source: MasterParcelsSource, export_dir, instance: DagsterInstance,
-                      first: str = FIRST_KEY, last: str = LAST_KEY, raise_on_error: bool = True):
-    """Materialize every asset for partitions first..last in one run, on a real instance."""
+                      first: str = FIRST_KEY, last: str = LAST_KEY, raise_on_error: bool = True,
+                      formats: dict[str, list[str]] | None = None):
+    """Materialize every asset for partitions first..last in one run, on a real instance
+    (``formats``: as COUNTYSYNC_FORMATS sets them)."""
     return materialize(
         all_assets,
         instance=instance,
-        resources={"source": source, "io_manager": ExportIOManager(export_dir=str(export_dir))},
+        resources={"source": source, "io_manager": ExportIOManager(
+            export_dir=str(export_dir), formats=formats or {})},
         tags=range_tags(first, last),
         raise_on_error=raise_on_error,
     )

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import sqlalchemy as sa
-from conftest import AS_OF, clean_env
+from conftest import AS_OF, RUN_DIR, clean_env
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
@@ -25,7 +25,7 @@ def test_cli_backfill_of_a_past_range_then_a_rerun_changes_nothing(tmp_path):
                "--partition-range", "2026-05-24...2026-05-27"]
 
     def backfill() -> None:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+        done = subprocess.run(command, cwd=RUN_DIR, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
 

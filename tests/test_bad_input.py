@@ -84,7 +84,7 @@ def test_bad_geometry_is_rejected_or_repaired_and_the_rest_syncs(demo_url, tmp_p
         in_working = {r[0] for r in conn.execute("SELECT id FROM working")}
     assert {3, 4, 5}.isdisjoint(in_layer) and 6 in in_layer  # the bowtie was repaired
     assert {3, 4, 5, 6} <= in_working  # attribute outputs keep every parcel
-    geometry = result.asset_materializations_for_node("parcel_geometry")
+    geometry = result.asset_materializations_for_node("parcel_sync")
     metadata = {m.asset_key.path[-1]: m.metadata for m in geometry}["parcel_geometry"]
     assert metadata["rejected_rows"].value == 3
     assert metadata["repaired_geometries"].value == 1

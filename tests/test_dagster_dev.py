@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, clean_env, skip_or_fail_in_ci
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, RUN_DIR, clean_env, skip_or_fail_in_ci
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
 
 from countysync_assets.demo_source import create_demo_source
@@ -45,9 +45,9 @@ class DagsterDev:
         self.url = f"http://127.0.0.1:{port}/graphql"
         self.log = open(self.home / "dagster_dev.log", "a")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml",
-             "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            [str(Path(sys.executable).with_name("dagster")), "dev",
+             "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+            cwd=RUN_DIR, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + 180
         while True:

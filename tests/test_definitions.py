@@ -9,7 +9,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
+from conftest import RUN_DIR, clean_env
 
 from countysync_assets.partitions import build_partitions_def
 
@@ -21,8 +21,9 @@ def validate(tmp_path, **env) -> subprocess.CompletedProcess:
     """``dagster definitions validate`` on workspace.yaml, as CI and a user would run it."""
     environment = clean_env()
     environment.update(env, DAGSTER_HOME=str(tmp_path))
-    return subprocess.run([str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=ROOT, env=environment, capture_output=True, text=True,
+    return subprocess.run([str(DAGSTER), "definitions", "validate",
+                           "-w", str(ROOT / "workspace.yaml")],
+                          cwd=RUN_DIR, env=environment, capture_output=True, text=True,
                           timeout=180)
 
 
@@ -68,7 +69,7 @@ def test_hourly_sync_through_the_cli_as_the_readme_runs_it(tmp_path):
     bin_dir = Path(sys.executable).parent
 
     def run(*command: str) -> str:
-        done = subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=ROOT,
+        done = subprocess.run([str(bin_dir / command[0]), *command[1:]], cwd=RUN_DIR,
                               env=environment, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout.strip()

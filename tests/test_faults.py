@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pyogrio
 import pytest
-from conftest import AS_OF, FIRST_KEY, LAST_KEY
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, RUN_DIR
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 from output_checks import assert_outputs_match_source, partition_keys, sqlite_table
@@ -87,7 +87,7 @@ class Trial:
             command = [sys.executable, str(ROOT / "tests" / "fault_worker.py"), mode,
                        str(self.instance_dir), self.url, str(self.exports), str(self.cursor)]
         env["PYTHONPATH"] = str(ROOT)
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        return subprocess.Popen(command, cwd=RUN_DIR, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
     def kill_at_random(self, process: subprocess.Popen, rng: random.Random) -> bool:
@@ -213,7 +213,7 @@ def test_two_syncs_of_overlapping_windows_at_once_are_safe(template, tmp_path, r
                    capture_output=True, timeout=300)
     runs = [subprocess.Popen(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "countysync_assets.definitions",
-         "--select", "*", "--partition-range", span], cwd=ROOT, env=env,
+         "--select", "*", "--partition-range", span], cwd=RUN_DIR, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for span in (f"{FIRST_KEY}...2026-05-30", f"2026-05-29...{LAST_KEY}")]
     for run in runs:

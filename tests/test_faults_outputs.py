@@ -23,7 +23,7 @@ from countysync_assets.resources.master_parcels_source import MasterParcelsSourc
 
 pytestmark = pytest.mark.faults
 KEYS = partition_keys(FIRST_KEY, "2026-06-01")
-DATABASES = ["raw_db.sqlite", "working_db.sqlite", "stats_db.sqlite", "rejects_db.sqlite",
+DATABASES = ["working_db.sqlite", "stats_db.sqlite", "rejects_db.sqlite",
              "geo_db.gpkg"]
 
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, clean_env, materialize_range
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, RUN_DIR, clean_env, materialize_range
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 from output_checks import assert_outputs_match_source, partition_keys, snapshot
@@ -153,7 +153,7 @@ def test_the_password_never_leaves_the_environment(password, pg_database_url, tm
     outputs = []
 
     def run(*command: str, ok: bool = True, **extra) -> None:
-        done = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=ROOT,
+        done = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=RUN_DIR,
                               env={**env, **extra}, capture_output=True, text=True, timeout=300)
         outputs.append(done.stdout + done.stderr)
         assert (done.returncode == 0) == ok, done.stdout[-2000:] + done.stderr[-2000:]

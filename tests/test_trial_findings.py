@@ -23,16 +23,16 @@ KEYS = partition_keys(FIRST_KEY, LAST_KEY)
 
 def test_a_delete_check_interrupted_after_one_file_is_finished_by_the_next(syncing, demo_url,
                                                                           tmp_path):
-    """Killed after raw_db.sqlite committed its deletes, the old check left the parcels in
-    stats and the GeoPackage for good (raw no longer listed them)."""
+    """Killed after one file committed its deletes (here working_db.sqlite), the old check
+    left the parcels in the other outputs for good (that file no longer listed them)."""
     exports = tmp_path / "exports"
     assert syncing.catch_up()
     churn(demo_url, deletes=30, seed=9)
     gone = set(sqlite_table(exports / "working_db.sqlite", "working")["id"]) - set(
         pd.read_sql_query('SELECT id FROM "MasterParcels"',
                           sqlite3.connect(demo_url.removeprefix("sqlite:///")))["id"])
-    with closing(sqlite3.connect(exports / "raw_db.sqlite")) as conn, conn:
-        conn.executemany("DELETE FROM master_parcels WHERE id = ?", [(i,) for i in gone])
+    with closing(sqlite3.connect(exports / "working_db.sqlite")) as conn, conn:
+        conn.executemany("DELETE FROM working WHERE id = ?", [(i,) for i in gone])
     assert syncing.reconcile()
     assert_outputs_match_source(demo_url, exports, KEYS, file_keys=[])
     tombstones = set(sqlite_table(exports / "stats_db.sqlite", "deleted_parcels")["id"])

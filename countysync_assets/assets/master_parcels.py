@@ -68,6 +68,8 @@ REJECTS_SPEC = AssetSpec(
     "(rejects_db.sqlite table parcel_rejects, CSV per window). Fix them in the master "
     "table: the next sync publishes them and removes them from here.",
 )
+# the outputs whose rows tell how far a sync got (a run publishes them all or none)
+SYNCED = {**PUBLISHED, "parcel_rejects": dict(REJECTS_SPEC.metadata)}
 
 
 def checked_batches(source: MasterParcelsSource, window: TimeWindow

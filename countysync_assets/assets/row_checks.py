@@ -123,15 +123,15 @@ def check_rows(frame: pd.DataFrame, window: TimeWindow) -> tuple[pd.DataFrame, p
     cursor = frame["updated_at"]
     if CURSOR_PROBLEM in frame:
         problem = frame[CURSOR_PROBLEM]
-        problems.add(problem.notna(), "{}", problem.map(Verbatim))
+        problems.add(problem.notna(), "{}", problem.dropna().map(Verbatim))
     outside = cursor.notna() & ((cursor < window.start) | (cursor >= window.end))
     problems.add(outside, f"updated_at reads as {{}} but the source sorts it in the window "
                  f"from {window.start:%Y-%m-%d %H:%M} UTC (stored as text in another form)",
-                 cursor.map(Verbatim))
+                 cursor[outside].map(Verbatim))
     ids = typed.get("id", frame["id"])
     shared = ids.notna() & ids.duplicated(keep=False)
     counts = ids[shared].value_counts()
-    problems.add(shared, "{}", ids.astype(object).map(lambda i: Verbatim(
+    problems.add(shared, "{}", ids[shared].astype(object).map(lambda i: Verbatim(
         f"id {i} is shared by {counts.get(i, 0)} rows: each parcel row needs its own id")))
 
     rejected = problems.rejected()

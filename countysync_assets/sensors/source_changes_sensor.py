@@ -37,7 +37,7 @@ from dagster import (
 from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.storage.tags import RUN_KEY_TAG
 
-from countysync_assets.assets.master_parcels import PUBLISHED, REJECTS_SPEC
+from countysync_assets.assets.master_parcels import SYNCED
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import PARTITIONS, partition_keys_for, range_tags
@@ -57,8 +57,6 @@ MAX_RUNS_PER_TICK = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_RUNS_PER_TICK") or
 STALLED_AFTER_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS") or 1800)
 UNLAUNCHED_AFTER_SECONDS = 600  # a request with no run after this long is requested again
 FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-# the outputs whose rows tell how far a sync got (a run publishes them all or none)
-SYNCED = {**PUBLISHED, "parcel_rejects": dict(REJECTS_SPEC.metadata)}
 
 
 def newest_end() -> datetime:

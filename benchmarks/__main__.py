@@ -35,19 +35,26 @@ import sqlalchemy as sa
 from countysync_assets.demo_source import churn, create_demo_source
 from countysync_assets.partitions import PARTITIONS
 
-TOOLS = ("countysync", "seeds-pandas", "dlt")
+TOOLS = ("countysync", "countysync-tabular", "seeds-pandas", "dlt", "dlt+ogr2ogr")
 STEPS = ("full", "incremental", "delete-check", "incremental-1000", "backfill",
          "backfill-rerun")
+PEER_STEPS = ("full", "incremental", "incremental-1000", "backfill", "backfill-rerun")
 TOOL_STEPS = {"countysync": STEPS,
+              "countysync-tabular": PEER_STEPS,
               "seeds-pandas": ("full", "incremental", "backfill", "backfill-rerun"),
-              "dlt": ("full", "incremental", "incremental-1000", "backfill", "backfill-rerun")}
+              "dlt": PEER_STEPS,
+              "dlt+ogr2ogr": PEER_STEPS}
 OUTPUTS = {
     "countysync": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
                    "geojson", "use_code_summary"],
+    # configured (COUNTYSYNC_FORMATS) to write what dlt writes, for a same-work ratio
+    "countysync-tabular": ["working_db.sqlite", "stats_db.sqlite", "use_code_summary"],
     "seeds-pandas": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
                      "geojson"],
     "dlt": ["working (sqlite)", "stats (sqlite)"],  # dlt has no GeoPackage/GeoJSON output
+    "dlt+ogr2ogr": ["working (sqlite)", "stats (sqlite)", "geo.gpkg", "parcels.geojson"],
 }
+PEERS = ("seeds-pandas", "dlt", "dlt+ogr2ogr")
 CHURN = {"updates": 0.008, "inserts": 0.001, "deletes": 0.001}  # 1% of rows
 # the same 1,000 changed rows at every size (1% where the table is smaller than 100,000):
 # an incremental sync should cost what the change costs, however big the table
@@ -239,7 +246,7 @@ def add_ratios(cases: list[dict]) -> None:
     """``x_vs_<peer>``: the peer's median wall time over this case's (above 1 = faster)."""
     by = {(c["tool"], c["step"]): c for c in cases}
     for case in cases:
-        for peer in ("seeds-pandas", "dlt"):
+        for peer in PEERS:
             other = by.get((peer, case["step"]))
             if other and case["tool"] != peer and case["wall_s_median"]:
                 case[f"x_vs_{peer}"] = round(other["wall_s_median"] / case["wall_s_median"], 2)
@@ -247,12 +254,13 @@ def add_ratios(cases: list[dict]) -> None:
 
 def table(result: dict) -> str:
     lines = [f"source rows: {result['source_rows']:,}", "",
-             "| tool | step | wall s (median) | rows/s | peak RSS MB | x vs seeds | x vs dlt |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| tool | step | wall s (median) | rows/s | peak RSS MB | x vs seeds | x vs dlt "
+             "| x vs dlt+ogr2ogr |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in result["cases"]:
         lines.append(f"| {c['tool']} | {c['step']} | {c['wall_s_median']:.2f} | "
                      f"{c['rows_per_s']:,.0f} | {c['peak_rss_mb']:.0f} | "
-                     f"{c.get('x_vs_seeds-pandas', '')} | {c.get('x_vs_dlt', '')} |")
+                     f"{c.get('x_vs_seeds-pandas', '')} | {c.get('x_vs_dlt', '')} | "
+                     f"{c.get('x_vs_dlt+ogr2ogr', '')} |")
     return "\n".join(lines)
 
 

@@ -18,10 +18,10 @@ class InProcessSync:
     """One source, one export folder, one Dagster instance; the cursor kept in ``cursor``."""
 
     def __init__(self, source: MasterParcelsSource, exports: Path, instance: DagsterInstance,
-                 cursor: str | None = None):
+                 cursor: str | None = None, formats: dict[str, list[str]] | None = None):
         self.source, self.instance, self.cursor = source, instance, cursor
         self.launched: set[str] = set()  # run keys already run: the daemon skips them too
-        self.io_manager = ExportIOManager(export_dir=str(exports))
+        self.io_manager = ExportIOManager(export_dir=str(exports), formats=formats or {})
         self.defs = Definitions(
             assets=all_assets, jobs=[sync_job, reconcile_deletes_job],
             sensors=[source_changes_sensor],

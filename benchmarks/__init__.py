@@ -13,6 +13,6 @@ from datetime import UTC, datetime, timedelta
 # COUNTYSYNC_PARTITION_START: its older history is the first partition's baseline. Set before
 # countysync is imported (partitions are built from it), and over any .env, so that every run
 # measures the same partitions.
-GO_LIVE_DAYS = 45
+GO_LIVE_DAYS = 31
 os.environ["COUNTYSYNC_PARTITION_START"] = (
     datetime.now(UTC) - timedelta(days=GO_LIVE_DAYS)).date().isoformat()

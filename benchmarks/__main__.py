@@ -124,8 +124,9 @@ def partition_range(url: str, newer_than: datetime | None = None) -> tuple[str, 
     with engine.connect() as conn:
         low, high = conn.execute(sa.text(query), params).one()
     engine.dispose()
-    keys = [PARTITIONS.get_partition_key_for_timestamp(
-        datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()) for value in (low, high)]
+    keys = [PARTITIONS.get_partition_key_for_timestamp(max(
+        datetime.fromisoformat(value).replace(tzinfo=UTC), PARTITIONS.start).timestamp())
+        for value in (low, high)]  # the baseline before go-live is the first partition's
     return keys[0], keys[1]
 
 

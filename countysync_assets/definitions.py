@@ -5,7 +5,7 @@ Configuration comes from the environment and ``.env`` (see README, "Configuratio
 
 import os
 
-from dagster import Definitions, load_assets_from_modules
+from dagster import Definitions, in_process_executor, load_assets_from_modules
 
 from countysync_assets import assets
 from countysync_assets.io_managers.export_io_manager import (
@@ -39,4 +39,8 @@ defs = Definitions(
     sensors=[source_changes_sensor],
     schedules=[nightly_sync_schedule, nightly_delete_check],
     resources={"source": source_from_env(), "io_manager": export_io_manager_from_env()},
+    # A sync's steps form a chain (parcel_sync -> use_code_summary; the delete check ->
+    # use_code_summary): a process per step would add seconds of start-up and run nothing
+    # side by side, so every run executes its steps in the run's own process.
+    executor=in_process_executor,
 )

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
-    AssetIn,
     AssetOut,
     BackfillPolicy,
     Config,
     Failure,
     Output,
+    ResourceParam,
     multi_asset,
 )
 from pydantic import Field
@@ -35,6 +35,7 @@ from countysync_assets.assets.asset_metadata import (
     where_stored,
 )
 from countysync_assets.assets.master_parcels import PUBLISHED
+from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.io_managers.format_io_manager import (
     DELETES_FROM,
     FIRST_WRITE,
@@ -61,15 +62,35 @@ TARGETS = {name: where_stored(PUBLISHED[name])
            for name in ("master_parcels", "working", "stats", "parcel_geometry")}
 
 
-def _synced_ids(storage: dict) -> AssetIn:
-    """Read id, parcel_id (where the asset has it) and updated_at of every row an output
-    holds: only the keys, never the geometry; no rows if it was never written."""
-    names = {column.name for column in storage["dagster/column_schema"].columns}
-    return AssetIn(metadata={"missing_ok": True, "columns": [
-        c for c in ("id", "parcel_id", "updated_at") if c in names]})
+def synced_rows(io_manager: ExportIOManager) -> pd.DataFrame:
+    """Id and ``updated_at`` (UTC) of every row each output holds, newest version per id: read
+    in chunks as compact columns (16 bytes a row), never the geometry or the text."""
+    parts = []
+    for name, storage in TARGETS.items():
+        for chunk in io_manager.iter_columns(name, storage, ["id", "updated_at"]):
+            parts.append(pd.DataFrame({
+                "id": chunk["id"].astype("int64"),
+                "updated_at": pd.to_datetime(chunk["updated_at"], utc=True, format="ISO8601")
+                .astype("datetime64[us, UTC]")}))
+    if not parts:
+        return pd.DataFrame({"id": pd.Series([], dtype="int64"),
+                             "updated_at": pd.Series([], dtype="datetime64[us, UTC]")})
+    rows = pd.concat(parts, ignore_index=True)
+    del parts
+    return rows.sort_values("updated_at").drop_duplicates("id", keep="last")
 
 
-SYNCED_IDS = {name: _synced_ids(PUBLISHED[name]) for name in TARGETS}
+def parcel_numbers(io_manager: ExportIOManager, ids: pd.Series) -> pd.Series:
+    """The parcel number each output holds for ``ids`` (the few that are gone), by id."""
+    found = []
+    for name, storage in TARGETS.items():
+        names = {column.name for column in PUBLISHED[name]["dagster/column_schema"].columns}
+        if "parcel_id" in names:
+            for chunk in io_manager.iter_columns(name, storage, ["id", "parcel_id"]):
+                found.append(chunk[chunk["id"].isin(ids)])
+    numbers = pd.concat(found, ignore_index=True) if found else pd.DataFrame(
+        columns=["id", "parcel_id"])
+    return numbers.dropna().drop_duplicates("id").set_index("id")["parcel_id"]
 
 
 class DeleteCheckConfig(Config):
@@ -151,26 +172,24 @@ def check_share(context: AssetExecutionContext, config: DeleteCheckConfig, gone:
                                    for name, storage in PUBLISHED.items()}},
         ),
     },
-    ins=SYNCED_IDS,
+    deps=list(TARGETS),
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
 )
 def deleted_parcels(context: AssetExecutionContext, config: DeleteCheckConfig,
-                    source: MasterParcelsSource, master_parcels: pd.DataFrame,
-                    working: pd.DataFrame, stats: pd.DataFrame, parcel_geometry: pd.DataFrame):
-    # The synced ids were read (as the inputs) before the source is scanned, so a parcel
-    # synced in between is never mistaken for a deleted one.
+                    source: MasterParcelsSource, io_manager: ResourceParam[ExportIOManager]):
+    # The synced ids are read before the source is scanned, so a parcel synced in between is
+    # never mistaken for a deleted one.
+    synced = synced_rows(io_manager)
     # a Series, not an array: a key column with a stray text key stays comparable
     kept = pd.concat([pd.Series(batch) for batch in source.iter_keys()]
                      or [pd.Series([], dtype="int64")], ignore_index=True)
-    synced = pd.concat([frame.assign(updated_at=pd.to_datetime(frame["updated_at"], utc=True))
-                        for frame in (master_parcels, working, stats, parcel_geometry)],
-                       ignore_index=True)
-    synced = synced.sort_values("updated_at").drop_duplicates("id", keep="last") \
-        .astype({"id": "int64", "updated_at": "datetime64[us, UTC]"})
-    gone = synced[~synced["id"].isin(kept)]
+    gone, source_parcels = synced[~synced["id"].isin(kept)], len(kept)
+    del kept
     check_share(context, config, len(gone), len(synced))
-    tombstones = gone.assign(deleted_at=pd.Timestamp(datetime.now(UTC)).as_unit("us"))
+    tombstones = gone.assign(parcel_id=gone["id"].map(parcel_numbers(io_manager, gone["id"])),
+                             deleted_at=pd.Timestamp(datetime.now(UTC)).as_unit("us"))
+    tombstones = tombstones[list(COLUMNS)]
     context.log.info(f"{len(tombstones)} of {len(synced)} synced parcels are no longer "
                      "in the source.")
     unplaced = unplaced_rows(source)
@@ -181,6 +200,6 @@ def deleted_parcels(context: AssetExecutionContext, config: DeleteCheckConfig,
             f"{unplaced['reason'].iloc[0]}).")
     yield Output(tombstones.reset_index(drop=True), output_name="deleted_parcels", metadata={
         "dagster/row_count": len(tombstones), "synced_parcels": len(synced),
-        "source_parcels": len(kept)})
+        "source_parcels": source_parcels})
     yield Output(unplaced, output_name="unplaced_parcels",
                  metadata={"dagster/row_count": len(unplaced)})

@@ -240,6 +240,15 @@ class ExportIOManager(ConfigurableIOManager):
         values = [v for v in values if v]
         return datetime.fromisoformat(max(values)) if values else None
 
+    def iter_columns(self, name: str, metadata: dict, columns: list[str]
+                     ) -> Iterator[pd.DataFrame]:
+        """``columns`` of every row asset ``name`` holds, in chunks, from its first format
+        that can be read (SQLite or GeoPackage); nothing if it was never written."""
+        for fmt in self.formats_of(name, metadata):
+            if fmt in LOADABLE:
+                yield from self.manager(fmt).iter_columns(name, metadata, columns)
+                return
+
     def check_room(self, expected_bytes: int, what: str) -> None:
         """Refuse to start when the export disk cannot hold what the run will write."""
         check_room(self.export_dir, expected_bytes, what)

@@ -13,6 +13,7 @@ GeoPackage geometry blob carries in its header (GeoPackage spec, clause 2.1.3).
 import os
 import sqlite3
 import struct
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from countysync_assets.io_managers.publishing import (
     quote,
     temp_sibling,
 )
-from countysync_assets.io_managers.sqlite_io_manager import newer_rule, to_rows
+from countysync_assets.io_managers.sqlite_io_manager import newer_rule, read_chunks, to_rows
 
 GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
 # GeoPackage 1.2, which every reader in use opens without a warning (GDAL 3.6 and QGIS 3.22
@@ -253,6 +254,13 @@ class GeoPackageIOManager(FormatIOManager):
                     else context).definition_metadata or {}
         layer = metadata.get(GPKG_LAYER) or asset_name(context)
         return export_path(self.export_dir, self.file_name), layer
+
+    def iter_columns(self, asset: str, metadata: dict, columns: list[str]
+                     ) -> Iterator[pd.DataFrame]:
+        """``columns`` of every feature of ``asset``'s layer, in chunks, without geometry
+        (read with sqlite3, as the writes are)."""
+        path = export_path(self.export_dir, self.file_name)
+        yield from read_chunks(path, metadata.get(GPKG_LAYER) or asset, columns)
 
     def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
         layer = target.metadata.get(GPKG_LAYER) or target.name

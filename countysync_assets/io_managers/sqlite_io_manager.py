@@ -73,7 +73,8 @@ ROWS_PER_CHUNK = 50_000
 EMPTY_DTYPES = {"INTEGER": "int64", "REAL": "float64", "TEXT": "object"}
 
 
-def _has_table(path: Path, table: str) -> bool:
+def has_table(path: Path, table: str) -> bool:
+    """Whether the SQLite file ``path`` exists and has ``table`` (read-only look)."""
     if not path.is_file():
         return False
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
@@ -118,6 +119,16 @@ def has_rows(conn: sqlite3.Connection, table: str) -> bool:
                           (table,)).fetchone()
     return bool(exists) and conn.execute(
         f"SELECT 1 FROM {quote(table)} LIMIT 1").fetchone() is not None
+
+
+def read_chunks(path: Path, table: str, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """``columns`` of every row of ``table`` in the SQLite file ``path``, ROWS_PER_CHUNK at
+    a time, so a county's table is never one frame; nothing if there is no such table."""
+    if not has_table(path, table):
+        return
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        yield from pd.read_sql_query(f"SELECT {', '.join(map(quote, columns))} FROM "
+                                     f"{quote(table)}", conn, chunksize=ROWS_PER_CHUNK)
 
 
 def insert_sql(table: str, columns: list[str]) -> str:
@@ -335,10 +346,15 @@ class SQLiteIOManager(FormatIOManager):
     def newest(self, asset: str, metadata: dict) -> str | None:
         """The newest cursor value ``asset``'s table holds (ISO text); None if not written."""
         path, cursor = self._path(asset, metadata), metadata.get(CURSOR_COLUMN)
-        if not cursor or not _has_table(path, asset):
+        if not cursor or not has_table(path, asset):
             return None
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             return watermark(conn, asset, cursor)
+
+    def iter_columns(self, asset: str, metadata: dict, columns: list[str]
+                     ) -> Iterator[pd.DataFrame]:
+        """``columns`` of every row ``asset``'s table holds, in chunks (none if not written)."""
+        yield from read_chunks(self._path(asset, metadata), asset, columns)
 
     def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
         return SQLiteWriter(self._path(target.name, target.metadata), target, files)
@@ -357,7 +373,7 @@ class SQLiteIOManager(FormatIOManager):
         """
         path, table = self.db_path(context), asset_name(context)
         wanted = (context.definition_metadata or {}).get("columns")
-        if (context.definition_metadata or {}).get("missing_ok") and not _has_table(path, table):
+        if (context.definition_metadata or {}).get("missing_ok") and not has_table(path, table):
             return pd.DataFrame(columns=wanted or [])
         if not path.is_file():
             raise FileNotFoundError(

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
@@ -33,7 +33,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 
 from countysync_assets.demo_source import churn, create_demo_source
-from countysync_assets.partitions import PARTITIONS
+from countysync_assets.partitions import START_ENV, build_partitions_def
 
 TOOLS = ("countysync", "countysync-tabular", "seeds-pandas", "dlt", "dlt+ogr2ogr")
 STEPS = ("full", "incremental", "delete-check", "incremental-1000", "backfill",
@@ -55,6 +55,10 @@ OUTPUTS = {
     "dlt+ogr2ogr": ["working (sqlite)", "stats (sqlite)", "geo.gpkg", "parcels.geojson"],
 }
 PEERS = ("seeds-pandas", "dlt", "dlt+ogr2ogr")
+# The benchmark's county went live this many days before today, as a county sets
+# COUNTYSYNC_PARTITION_START: its older history is the first partition's baseline, and the
+# backfill of the last 30 windows stays out of it.
+GO_LIVE_DAYS = 31
 CHURN = {"updates": 0.008, "inserts": 0.001, "deletes": 0.001}  # 1% of rows
 # the same 1,000 changed rows at every size (1% where the table is smaller than 100,000):
 # an incremental sync should cost what the change costs, however big the table
@@ -90,6 +94,15 @@ def measured_commit() -> str | None:
     return (commit + ("-dirty" if changed else "")) or None
 
 
+def go_live() -> str:
+    return (datetime.now(UTC) - timedelta(days=GO_LIVE_DAYS)).date().isoformat()
+
+
+def partitions():
+    """The benchmark county's partitions (the cases get the same start: ``measure``)."""
+    return build_partitions_def(start=go_live())
+
+
 def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,
             profile: Path | None = None) -> tuple[float, float]:
     """(wall seconds of the work, peak RSS in MB of its process). With ``profile``, the case
@@ -102,7 +115,10 @@ def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,
     command = [sys.executable, *profiler, "-m", "benchmarks.case", tool, step, str(workdir), url,
                partitions]
     with open(workdir / f"{tool}-{step}.log", "w") as log:
+        # the benchmark's go-live date over any setting or .env of the person running it
+        env = {**os.environ, START_ENV: go_live(), "COUNTYSYNC_ENV_FILE": os.devnull}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                   env=env,
                                    cwd=Path(__file__).parents[1])
         output = process.stdout.read()
         process.wait()
@@ -124,8 +140,9 @@ def partition_range(url: str, newer_than: datetime | None = None) -> tuple[str, 
     with engine.connect() as conn:
         low, high = conn.execute(sa.text(query), params).one()
     engine.dispose()
-    keys = [PARTITIONS.get_partition_key_for_timestamp(max(
-        datetime.fromisoformat(value).replace(tzinfo=UTC), PARTITIONS.start).timestamp())
+    windows = partitions()
+    keys = [windows.get_partition_key_for_timestamp(max(
+        datetime.fromisoformat(value).replace(tzinfo=UTC), windows.start).timestamp())
         for value in (low, high)]  # the baseline before go-live is the first partition's
     return keys[0], keys[1]
 
@@ -171,7 +188,7 @@ def prepare(rows: int, root: Path, days: float) -> tuple[dict[str, Step], dict]:
     fixed_url, fixed, fixed_touched = churned(
         "churned-1000", {k: max(1, min(v, int(rows * CHURN[k]))) for k, v in FIXED_CHURN.items()})
     full_range = partition_range(url)
-    keys = PARTITIONS.get_partition_keys()
+    keys = partitions().get_partition_keys()
     last = keys.index(full_range[1])
     backfill = (keys[max(0, last - 29)], keys[last])
     plan = {

@@ -123,8 +123,10 @@ class OutputSet:
             for target in targets:  # in the order formats are listed: databases first
                 chosen = sorted(manager.formats_of(target.name, target.metadata),
                                 key=list(FORMAT_MANAGERS).index)
-                self.writers[target.name] = [
-                    (fmt, manager.manager(fmt).open(target, self.files)) for fmt in chosen]
+                self.writers[target.name] = []
+                for fmt in chosen:  # each kept as it opens, so a failure rolls it back too
+                    self.writers[target.name].append(
+                        (fmt, manager.manager(fmt).open(target, self.files)))
         except BaseException:
             self.rollback()
             raise
@@ -187,6 +189,7 @@ class OutputSet:
                 writer.discard()
         for remover in self.removers.values():
             remover.discard()
+        self.files.rollback()
 
 
 class ExportIOManager(ConfigurableIOManager):

@@ -141,6 +141,13 @@ class OutputTransactions:
 
         return conn, StagedWrite(description, [commit], [lambda: abandon(conn)])
 
+    def rollback(self) -> None:
+        """Roll back and close every transaction still open (a failed output), so no lock
+        outlives the run."""
+        for conn in self._open.values():
+            abandon(conn)
+        self._open.clear()
+
 
 # Room a run needs on the export disk, as a multiple of the size its rows have in memory: the
 # SQLite files, their write-ahead logs, the GeoPackage and the change files of every output

@@ -86,7 +86,7 @@ def input_window(context: InputContext) -> TimeWindow | None:
 
 
 def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:
-    """What ``stage_delete`` takes: each id, and the version (its ``as_of`` column) up to
+    """What a ``RemovalWriter`` takes: each id, and the version (its ``as_of`` column) up to
     which a stored row of that id goes. Rows without a time to compare (``as_of`` not a
     timestamp column) remove every stored version; rows without an id remove nothing."""
     ids = frame[["id"]].assign(as_of=frame[as_of] if pd.api.types.is_datetime64_any_dtype(

@@ -228,8 +228,6 @@ class SQLiteWriter(BatchWriter):
         else:  # a summary: replaced whole
             conn.execute(f"DELETE FROM {quote(table)}")
             self.statement = insert_sql(table, columns)
-        if self.cursor and not self.bulk:
-            cursor_index(conn, table, self.cursor)
 
     def write(self, frame: pd.DataFrame) -> None:
         try:

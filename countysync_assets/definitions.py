@@ -9,12 +9,13 @@ from dagster import Definitions, in_process_executor, load_assets_from_modules
 
 from countysync_assets import assets
 from countysync_assets.io_managers.export_io_manager import (
+    PARALLEL_ROWS,
     ExportIOManager,
     check_formats,
     parse_formats,
 )
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
-from countysync_assets.resources.source_config import source_from_env
+from countysync_assets.resources.source_config import source_from_env, whole_number
 from countysync_assets.schedules import nightly_delete_check, nightly_sync_schedule
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
@@ -25,12 +26,10 @@ def export_io_manager_from_env() -> ExportIOManager:
     """The export IO manager with ``COUNTYSYNC_EXPORT_DIR`` and ``COUNTYSYNC_FORMATS``."""
     formats = parse_formats(os.environ.get("COUNTYSYNC_FORMATS"))
     check_formats(formats, {key.path[-1] for a in all_assets for key in a.keys})
-    wait = os.environ.get("COUNTYSYNC_LOCK_WAIT_SECONDS") or "120"
-    if not wait.strip().isdigit():
-        raise ValueError(f"COUNTYSYNC_LOCK_WAIT_SECONDS={wait!r} is not a whole number of "
-                         "seconds.")
     return ExportIOManager(export_dir=os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports",
-                           formats=formats, lock_wait_seconds=int(wait))
+                           formats=formats,
+                           lock_wait_seconds=whole_number("COUNTYSYNC_LOCK_WAIT_SECONDS", 120),
+                           parallel_rows=whole_number("COUNTYSYNC_PARALLEL_ROWS", PARALLEL_ROWS))
 
 
 defs = Definitions(

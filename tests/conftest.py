@@ -19,7 +19,7 @@ from dagster import DagsterInstance, instance_for_test, materialize
 
 from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import create_demo_source, parcels_table
-from countysync_assets.io_managers.export_io_manager import ExportIOManager
+from countysync_assets.io_managers.export_io_manager import PARALLEL_ROWS, ExportIOManager
 from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
@@ -89,14 +89,16 @@ def instance():
 
 def materialize_range(source: MasterParcelsSource, export_dir, instance: DagsterInstance,
                       first: str = FIRST_KEY, last: str = LAST_KEY, raise_on_error: bool = True,
-                      formats: dict[str, list[str]] | None = None):
+                      formats: dict[str, list[str]] | None = None,
+                      parallel_rows: int = PARALLEL_ROWS):
     """Materialize every asset for partitions first..last in one run, on a real instance
-    (``formats``: as COUNTYSYNC_FORMATS sets them)."""
+    (``formats``: as COUNTYSYNC_FORMATS sets them; from ``parallel_rows`` rows the geo
+    formats are written in a second process)."""
     return materialize(
         all_assets,
         instance=instance,
         resources={"source": source, "io_manager": ExportIOManager(
-            export_dir=str(export_dir), formats=formats or {})},
+            export_dir=str(export_dir), formats=formats or {}, parallel_rows=parallel_rows)},
         tags=range_tags(first, last),
         raise_on_error=raise_on_error,
     )

@@ -47,6 +47,7 @@ def test_hourly_partitions_by_configuration(tmp_path):
     ({"COUNTYSYNC_FORMATS": '{"working": ["parquet"]}'}, "each must be one of sqlite"),
     ({"COUNTYSYNC_SOURCE_PORT": "14x3"}, "COUNTYSYNC_SOURCE_PORT='14x3' is not a whole number"),
     ({"COUNTYSYNC_SOURCE_ENCRYPT": "maybe"}, "is not a yes/no value"),
+    ({"COUNTYSYNC_PARALLEL_ROWS": "lots"}, "COUNTYSYNC_PARALLEL_ROWS='lots' is not a whole"),
 ])
 def test_bad_configuration_is_refused_by_name(tmp_path, env, expected):
     result = validate(tmp_path, **env)
@@ -102,6 +103,7 @@ EXAMPLES = {
     "COUNTYSYNC_SENSOR_INTERVAL_SECONDS": "30", "COUNTYSYNC_SENSOR_OVERLAP_SECONDS": "600",
     "COUNTYSYNC_SENSOR_MAX_ROWS_PER_POLL": "5000", "COUNTYSYNC_SENSOR_MAX_RUNS_PER_TICK": "5",
     "COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS": "900", "COUNTYSYNC_LOCK_WAIT_SECONDS": "30",
+    "COUNTYSYNC_PARALLEL_ROWS": "250000",
 }
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import timedelta
 
+import psutil
 import pytest
 from conftest import AS_OF, FIRST_KEY, materialize_range, skip_or_fail_in_ci
 from dagster import materialize
@@ -27,13 +28,15 @@ DATABASES = ["working_db.sqlite", "stats_db.sqlite", "rejects_db.sqlite",
              "geo_db.gpkg"]
 
 
-def sync(url: str, exports, instance, lock_wait: float = 120):
-    """Every asset over the demo windows and the day after, as one run."""
+def sync(url: str, exports, instance, lock_wait: float = 120, two_cores: bool = False):
+    """Every asset over the demo windows and the day after, as one run (``two_cores``: the
+    geo formats written by a second process, as a big run's are)."""
     return materialize(
         all_assets, instance=instance, tags=range_tags(FIRST_KEY, "2026-06-01"),
         resources={"source": MasterParcelsSource(url=url),
                    "io_manager": ExportIOManager(export_dir=str(exports),
-                                                 lock_wait_seconds=lock_wait)},
+                                                 lock_wait_seconds=lock_wait,
+                                                 parallel_rows=1 if two_cores else 0)},
         raise_on_error=False)
 
 
@@ -60,9 +63,10 @@ def hold_write_lock(path: str, ready, release) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("database", DATABASES)
-def test_a_locked_output_fails_clearly_and_changes_nothing(database, county, instance,
-                                                           reliability):
+@pytest.mark.parametrize(("database", "two_cores"),
+                         [*((database, False) for database in DATABASES), ("geo_db.gpkg", True)])
+def test_a_locked_output_fails_clearly_and_changes_nothing(database, two_cores, county,
+                                                           instance, reliability):
     url, exports, before = county
     context = multiprocessing.get_context("spawn")
     ready, release = context.Event(), context.Event()
@@ -71,7 +75,7 @@ def test_a_locked_output_fails_clearly_and_changes_nothing(database, county, ins
     holder.start()
     try:
         assert ready.wait(60)
-        result = sync(url, exports, instance, lock_wait=2)
+        result = sync(url, exports, instance, lock_wait=2, two_cores=two_cores)
     finally:
         release.set()
         holder.join(60)
@@ -82,8 +86,43 @@ def test_a_locked_output_fails_clearly_and_changes_nothing(database, county, ins
     assert snapshot(exports) == before, "a lock must change no output"
     assert sync(url, exports, instance).success
     assert_outputs_match_source(url, exports, KEYS, file_keys=[])
-    reliability(suite="export folder", case=f"write lock on {database}", trials=1,
+    assert not staged_files(exports), "the second process left its staging files"
+    where = " (written by the run's second process)" if two_cores else ""
+    reliability(suite="export folder", case=f"write lock on {database}{where}", trials=1,
                 outcome="clear error, outputs unchanged, next run whole")
+
+
+def staged_files(exports) -> list:
+    return [path for path in exports.rglob(".*") if path.is_file()]
+
+
+def test_the_second_process_dying_fails_the_run_and_changes_nothing(county, instance,
+                                                                    reliability):
+    """The process that writes the geo formats is killed (the kernel's OOM killer would) as
+    it starts: the run fails with one line that says so, and no output changes."""
+    url, exports, before = county
+    outcome = {}
+    run = threading.Thread(target=lambda: outcome.update(
+        result=sync(url, exports, instance, two_cores=True)))
+    run.start()
+    deadline = time.monotonic() + 120
+    while not (writers := [child for child in psutil.Process().children()
+                           if "spawn_main" in " ".join(child.cmdline())]):
+        assert run.is_alive() and time.monotonic() < deadline, "no second process started"
+        time.sleep(0.01)
+    writers[0].kill()
+    run.join(300)
+    result = outcome["result"]
+    assert not result.success
+    message = failure(result)
+    assert f"(pid {writers[0].pid}) ended unexpectedly" in message
+    assert message.strip().count("\n") == 0
+    assert snapshot(exports) == before
+    assert sync(url, exports, instance, two_cores=True).success
+    assert_outputs_match_source(url, exports, KEYS, file_keys=[])
+    assert not staged_files(exports)
+    reliability(suite="export folder", case="the run's second process (geo writer) killed",
+                trials=1, outcome="clear error, outputs unchanged, next run whole")
 
 
 def test_a_lock_released_during_the_wait_costs_only_the_wait_and_a_log_line(county,

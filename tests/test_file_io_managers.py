@@ -9,6 +9,7 @@ import pytest
 import shapely
 from io_contexts import output_context
 
+from countysync_assets.io_managers import geojson_io_manager
 from countysync_assets.io_managers.csv_io_manager import CsvIOManager
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
 from countysync_assets.io_managers.json_io_manager import JsonIOManager
@@ -81,6 +82,20 @@ def test_geojson_is_rfc7946_wgs84_without_crs_member(tmp_path):
     assert read.crs.to_epsg() == 4326
     back = read.to_crs(2286).area.to_numpy()
     assert back == pytest.approx(parcels().area.to_numpy(), rel=1e-4)
+
+
+def test_geojson_encoded_in_slices_is_the_same_document(tmp_path, monkeypatch):
+    """A batch is encoded a slice at a time (bounded memory): one feature per slice writes
+    the bytes a single slice writes."""
+    many = pd.concat([parcels()] * 3, ignore_index=True).assign(id=range(6))
+    GeoJsonIOManager(export_dir=str(tmp_path / "whole")).handle_output(output_context(), many)
+    monkeypatch.setattr(geojson_io_manager, "SLICE", 1)
+    GeoJsonIOManager(export_dir=str(tmp_path / "sliced")).handle_output(output_context(), many)
+    whole, sliced = (tmp_path / kind / "things" / "2026-05-28.geojson"
+                     for kind in ("whole", "sliced"))
+    assert sliced.read_bytes() == whole.read_bytes()
+    assert [f["properties"]["id"] for f in json.loads(sliced.read_text())["features"]] == \
+        list(range(6))
 
 
 def test_geojson_of_an_empty_window_is_an_empty_feature_collection(tmp_path):

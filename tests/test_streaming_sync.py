@@ -41,12 +41,20 @@ def test_the_first_partition_holds_the_baseline(tmp_path, instance):
 
 
 def test_many_small_batches_write_what_one_batch_writes(demo_url, tmp_path, instance):
-    one, many = tmp_path / "one", tmp_path / "many"
+    """In one process or on two (the geo formats in a second process), in one batch or many:
+    the same files, byte for byte."""
+    one, many, two = tmp_path / "one", tmp_path / "many", tmp_path / "two"
     assert materialize_range(MasterParcelsSource(url=demo_url), one, instance).success
     assert materialize_range(MasterParcelsSource(url=demo_url, batch_size=97), many,
                              instance).success
     assert snapshot(many) == snapshot(one)
     assert_outputs_match_source(demo_url, many, partition_keys(FIRST_KEY, LAST_KEY))
+    run = materialize_range(MasterParcelsSource(url=demo_url, batch_size=97), two, instance,
+                            parallel_rows=1)
+    assert run.success
+    assert any("in a second process" in event.message
+               for event in instance.all_logs(run.run_id))
+    assert snapshot(two) == snapshot(one)
 
 
 def test_window_metadata_is_the_windows_own(demo_url, tmp_path, instance):

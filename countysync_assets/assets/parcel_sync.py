@@ -8,7 +8,9 @@ from the same batches, top to bottom:
 Nothing is written and read back to make another output, and a run holds one batch of the
 extract in memory (``COUNTYSYNC_SOURCE_BATCH_SIZE`` rows), however big the county. Every output
 is staged as the batches come (open transactions, temp files) and published together at the
-end, all or nothing. Each asset still reports its own materialization and metadata.
+end, all or nothing. A run of many rows writes the geo formats in a second process, on the
+other core (``ParallelOutputs``). Each asset still reports its own materialization and
+metadata.
 """
 
 from dagster import (
@@ -47,8 +49,9 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
     tallies = {target.name: Tally() for target in targets}
     figures = {"source_rows": 0, "repaired_geometries": 0, "z_dropped": 0,
                "total_assessed_value": 0}
+    rows = source.count_since(window.start, window.end)
     with io_manager.explained("the sync's outputs"):
-        outputs = io_manager.open_outputs(targets)
+        outputs = io_manager.open_outputs(targets, rows)  # a big run: on both cores
         geometry_wanted = bool(outputs.formats("parcel_geometry") or
                                outputs.formats("geometry_rejects"))
         try:
@@ -57,7 +60,6 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
                 if position == 0 and len(good):
                     # room for the whole window, judged by its first batch, before any write
                     per_row = good.memory_usage(deep=True).sum() / len(good)
-                    rows = source.count_since(window.start, window.end)
                     io_manager.check_room(int(per_row * rows), "the sync's outputs")
                 figures["source_rows"] += len(good) + len(rejects)
                 if len(rejects):

@@ -11,7 +11,7 @@ the asset's first format that can load (SQLite or GeoPackage).
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from countysync_assets.io_managers.format_io_manager import (
 from countysync_assets.io_managers.geojson_io_manager import GeoJsonIOManager
 from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
 from countysync_assets.io_managers.json_io_manager import JsonIOManager
+from countysync_assets.io_managers.output_process import OutputProcess
 from countysync_assets.io_managers.output_transactions import (
     OutputTransactions,
     check_room,
@@ -56,6 +57,8 @@ FORMAT_MANAGERS: dict[str, type[FormatIOManager]] = {
     "geojson": GeoJsonIOManager,
 }
 LOADABLE = ("sqlite", "gpkg")
+GEO_FORMATS = ("gpkg", "geojson")
+PARALLEL_ROWS = 100_000
 
 
 def parse_formats(text: str | None) -> dict[str, list[str]]:
@@ -90,41 +93,59 @@ def check_formats(formats: dict[str, list[str]], asset_names: set[str]) -> None:
                              "asset's files off).")
 
 
-def removals_from_others(
-    definition_metadata: dict, obj: pd.DataFrame
-) -> Iterator[tuple[str, dict, pd.DataFrame, pd.DataFrame | None]]:
-    """What writing ``obj`` removes from other assets' current state, as (asset, its storage
-    metadata, ids with the version they remove up to, tombstones to keep or None).
+def removal_targets(definition_metadata: dict) -> Iterator[tuple[str, dict, bool]]:
+    """The assets an output's rows remove ids from, as (asset, its storage metadata, whether
+    the rows are tombstones).
 
     Tombstones remove their ids as of ``deleted_at`` and are kept; an output that supersedes
-    another removes the older versions of its ids there, so a parcel whose geometry is fixed
-    leaves geometry_rejects and one whose geometry breaks leaves the GeoPackage."""
+    another removes the older versions of its ids there (as of ``updated_at``), so a parcel
+    whose geometry is fixed leaves geometry_rejects and one whose geometry breaks leaves the
+    GeoPackage."""
     for name, metadata in (definition_metadata.get(DELETES_FROM) or {}).items():
-        yield name, metadata, removals(obj, "deleted_at"), obj
+        yield name, metadata, True
     for name, metadata in (definition_metadata.get(SUPERSEDES) or {}).items():
-        yield name, metadata, removals(obj, "updated_at"), None
+        yield name, metadata, False
+
+
+def chosen_formats(manager: "ExportIOManager", name: str, metadata: dict,
+                   only: Collection[str] | None) -> list[str]:
+    """The formats of asset ``name`` that a set of outputs limited to ``only`` (None: all)
+    writes, databases first."""
+    chosen = [fmt for fmt in manager.formats_of(name, metadata) if only is None or fmt in only]
+    return sorted(chosen, key=list(FORMAT_MANAGERS).index)
+
+
+def changes_any(manager: "ExportIOManager", target: OutputTarget,
+                only: Collection[str]) -> bool:
+    """Whether rows of ``target`` change anything stored in the formats ``only``: its own
+    files there, or removals from another asset stored there."""
+    return bool(chosen_formats(manager, target.name, target.metadata, only)) or any(
+        fmt in LOADABLE
+        for other, metadata, _ in removal_targets(target.metadata)
+        for fmt in chosen_formats(manager, other, metadata, only))
 
 
 class OutputSet:
     """The outputs of one step, written batch by batch and published together: every format
     of every output stages first; only when all have staged does any publish, so if one
-    writer fails the outputs stay exactly as they were before the run."""
+    writer fails the outputs stay exactly as they were before the run. ``only`` limits the
+    set to some formats (``ParallelOutputs`` gives the rest to another process)."""
 
-    def __init__(self, manager: "ExportIOManager", targets: list[OutputTarget]):
-        self.manager = manager
+    def __init__(self, manager: "ExportIOManager", targets: list[OutputTarget],
+                 only: Collection[str] | None = None):
+        self.manager, self.only = manager, only
         self.targets = {target.name: target for target in targets}
         self.files = OutputTransactions(manager.lock_wait_seconds)
         self.writers: dict[str, list[tuple[str, BatchWriter]]] = {}
         self.removers: dict[tuple[str, str], RemovalWriter] = {}
         self.staged: list[StagedWrite] = []
         if any(target.metadata.get(FIRST_WRITE) for target in targets):
-            self.files.check_writable(manager.databases())
+            self.files.check_writable(manager.databases(only))
         try:
-            for target in targets:  # in the order formats are listed: databases first
-                chosen = sorted(manager.formats_of(target.name, target.metadata),
-                                key=list(FORMAT_MANAGERS).index)
+            for target in targets:
                 self.writers[target.name] = []
-                for fmt in chosen:  # each kept as it opens, so a failure rolls it back too
+                for fmt in chosen_formats(manager, target.name, target.metadata, only):
+                    # each kept as it opens, so a failure rolls it back too
                     self.writers[target.name].append(
                         (fmt, manager.manager(fmt).open(target, self.files)))
         except BaseException:
@@ -138,11 +159,14 @@ class OutputSet:
         """One batch of output ``name``: it removes what it supersedes elsewhere, and goes to
         every format of the output."""
         try:
-            for other, metadata, ids, tombstones in removals_from_others(
-                    self.targets[name].metadata, frame):
-                for fmt in self.manager.formats_of(other, metadata):
-                    if fmt in LOADABLE:
-                        self._remover(other, fmt, metadata).write(ids, tombstones)
+            for other, metadata, tombstones in removal_targets(self.targets[name].metadata):
+                stores = [fmt for fmt in chosen_formats(self.manager, other, metadata, self.only)
+                          if fmt in LOADABLE]
+                if stores:
+                    ids = removals(frame, "deleted_at" if tombstones else "updated_at")
+                    for fmt in stores:
+                        self._remover(other, fmt, metadata).write(
+                            ids, frame if tombstones else None)
             for _, writer in self.writers[name]:
                 writer.write(frame)
         except BaseException:
@@ -155,9 +179,8 @@ class OutputSet:
                 asset, metadata, next(iter(self.targets.values())).run_id, self.files)
         return self.removers[asset, fmt]
 
-    def publish(self) -> dict[str, dict]:
-        """Stage what is left (indexes, merges, file ends), then publish every output;
-        returns each output's metadata."""
+    def stage(self) -> dict[str, dict]:
+        """Stage what is left (indexes, merges, file ends); returns each output's metadata."""
         metadata: dict[str, dict] = {}
         try:
             for name, writers in self.writers.items():  # the layers before the removals
@@ -172,6 +195,10 @@ class OutputSet:
         except BaseException:
             self.rollback()
             raise
+        return metadata
+
+    def commit(self) -> None:
+        """Publish every staged output (after ``stage``)."""
         for position, write in enumerate(self.staged):
             try:
                 write.commit()
@@ -179,6 +206,11 @@ class OutputSet:
                 for later in self.staged[position + 1:]:
                     later.rollback()
                 raise
+
+    def publish(self) -> dict[str, dict]:
+        """Stage, then publish every output; returns each output's metadata."""
+        metadata = self.stage()
+        self.commit()
         return metadata
 
     def rollback(self) -> None:
@@ -192,6 +224,59 @@ class OutputSet:
         self.files.rollback()
 
 
+class ParallelOutputs:
+    """The outputs of a big step on two cores: the geo formats (GeoPackage, GeoJSON, about
+    half the work) staged by a second process, the others here. Both sides stage before
+    either publishes, so the rule of ``OutputSet`` holds: all outputs or none."""
+
+    def __init__(self, manager: "ExportIOManager", targets: list[OutputTarget]):
+        self.manager = manager
+        self.local = OutputSet(manager, targets, [f for f in FORMAT_MANAGERS
+                                                  if f not in GEO_FORMATS])
+        try:
+            self.remote = OutputProcess(manager, targets, GEO_FORMATS)
+        except BaseException:
+            self.local.rollback()
+            raise
+        self.sent = {target.name for target in targets
+                     if changes_any(manager, target, GEO_FORMATS)}
+        get_dagster_logger().info(
+            f"Writing the {', '.join(GEO_FORMATS)} outputs in a second process (pid "
+            f"{self.remote.process.pid}), the others in this one.")
+        self.targets = {target.name: target for target in targets}
+
+    def formats(self, name: str) -> list[str]:
+        return chosen_formats(self.manager, name, self.targets[name].metadata, None)
+
+    def write(self, name: str, frame: pd.DataFrame) -> None:
+        try:
+            if name in self.sent:
+                self.remote.write(name, frame)
+            self.local.write(name, frame)
+        except BaseException:
+            self.rollback()
+            raise
+
+    def publish(self) -> dict[str, dict]:
+        """Both sides stage side by side; then the other process publishes, then this one."""
+        try:
+            self.remote.ask("stage")
+            metadata = self.local.stage()
+            for name, theirs in self.remote.answer().items():
+                metadata[name] = {**metadata.get(name, {}), **theirs,
+                                  "formats": ", ".join(self.formats(name))}
+            self.remote.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        self.local.commit()
+        return metadata
+
+    def rollback(self) -> None:
+        self.remote.rollback()
+        self.local.rollback()
+
+
 class ExportIOManager(ConfigurableIOManager):
     """Routes each asset to its formats under one export folder."""
 
@@ -203,6 +288,10 @@ class ExportIOManager(ConfigurableIOManager):
     lock_wait_seconds: float = Field(
         default=120, description="How long a write waits for another program's lock on an "
         "output database (a desktop GIS editing it) before the run fails.")
+    parallel_rows: int = Field(
+        default=PARALLEL_ROWS, ge=0, description="A run that reads at least this many rows "
+        "writes the geo formats (GeoPackage, GeoJSON) in a second process, on another core; "
+        "0: never. Below it, starting a process costs more than it saves.")
 
     def formats_for(self, context: OutputContext | InputContext) -> list[str]:
         metadata = (context.upstream_output if isinstance(context, InputContext)
@@ -221,18 +310,25 @@ class ExportIOManager(ConfigurableIOManager):
             return GeoPackageIOManager(**settings, file_name=self.gpkg_file_name)
         return FORMAT_MANAGERS[fmt](**settings)
 
-    def databases(self) -> list[Path]:
-        """Every database file an output may be written to."""
+    def databases(self, only: Collection[str] | None = None) -> list[Path]:
+        """Every database file an output (in the formats ``only``) may be written to."""
         root = Path(self.export_dir)
-        return [*sorted(root.glob("*.sqlite")), root / self.gpkg_file_name]
+        return [*(sorted(root.glob("*.sqlite")) if only is None or "sqlite" in only else []),
+                *([root / self.gpkg_file_name] if only is None or "gpkg" in only else [])]
 
-    def open_outputs(self, targets: list[OutputTarget]) -> OutputSet:
+    def open_outputs(self, targets: list[OutputTarget], rows: int = 0,
+                     only: Collection[str] | None = None) -> "OutputSet | ParallelOutputs":
         """Writers for the outputs of one step, to be fed batch by batch and published
-        together (see ``OutputSet``). Staging files a killed run left are removed first."""
+        together (see ``OutputSet``); for ``rows`` of at least ``parallel_rows``, on two cores
+        (``ParallelOutputs``); ``only``: just these formats. Staging files a killed run left
+        are removed first."""
         if removed := remove_stale_temps(self.export_dir):
             get_dagster_logger().info(
                 f"Removed {removed} bytes of staging files a killed run left.")
-        return OutputSet(self, targets)
+        if (only is None and self.parallel_rows and rows >= self.parallel_rows
+                and any(changes_any(self, target, GEO_FORMATS) for target in targets)):
+            return ParallelOutputs(self, targets)
+        return OutputSet(self, targets, only)
 
     def newest_synced(self, outputs: dict[str, dict]) -> datetime | None:
         """The newest ``updated_at`` (UTC) the SQLite outputs among ``outputs`` (asset ->
@@ -282,9 +378,6 @@ class ExportIOManager(ConfigurableIOManager):
         for fmt in chosen:
             if fmt in LOADABLE:
                 return self.manager(fmt).load_input(context)
-        wanted = context.definition_metadata or {}
-        if wanted.get("missing_ok"):  # not stored at all: holds no rows
-            return pd.DataFrame(columns=wanted.get("columns") or [])
         raise TypeError(
             f"{context.asset_key.to_user_string()} is written only as {chosen}, which cannot be "
             "read back; add 'sqlite' (or 'gpkg') to its formats to use it as an input."

@@ -19,6 +19,7 @@ from countysync_assets.io_managers.publishing import timestamps_to_iso
 
 DECIMALS = 7
 HEADER = '{"type":"FeatureCollection","features":['
+SLICE = 10_000  # features encoded at a time: the text of a whole batch would be ~4x its size
 
 
 def rfc7946_geometry(geometry: np.ndarray) -> np.ndarray:
@@ -41,14 +42,15 @@ class GeoJsonIOManager(PartitionedFileIOManager):
         return timestamps_to_iso(wgs84)
 
     def append(self, frame: gpd.GeoDataFrame, temp: Path, first: bool) -> None:
-        geometry = shapely.to_geojson(rfc7946_geometry(frame.geometry.to_numpy()))
-        properties = frame.drop(columns=frame.geometry.name).to_json(
-            orient="records", lines=True, force_ascii=False).rstrip("\n").split("\n")
-        features = ",\n".join(
-            f'{{"type":"Feature","properties":{p},"geometry":{g}}}'
-            for p, g in zip(properties, geometry, strict=True))
         with open(temp, "w" if first else "a", encoding="utf-8") as out:
-            out.write((HEADER + "\n" if first else ",\n") + features)
+            for start in range(0, len(frame), SLICE):
+                part = frame.iloc[start:start + SLICE]
+                geometry = shapely.to_geojson(rfc7946_geometry(part.geometry.to_numpy()))
+                properties = part.drop(columns=part.geometry.name).to_json(
+                    orient="records", lines=True, force_ascii=False).rstrip("\n").split("\n")
+                out.write((HEADER + "\n" if first and not start else ",\n") + ",\n".join(
+                    f'{{"type":"Feature","properties":{p},"geometry":{g}}}'
+                    for p, g in zip(properties, geometry, strict=True)))
 
     def close(self, temp: Path, empty: gpd.GeoDataFrame | None, written: bool) -> None:
         with open(temp, "a" if written else "w", encoding="utf-8") as out:

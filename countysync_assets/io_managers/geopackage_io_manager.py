@@ -14,7 +14,6 @@ import os
 import sqlite3
 import struct
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import geopandas as gpd
@@ -272,30 +271,13 @@ class GeoPackageIOManager(FormatIOManager):
         layer = metadata.get(GPKG_LAYER) or asset
         return GeoPackageRemovals(export_path(self.export_dir, self.file_name), layer, files)
 
-    def load_input(self, context: InputContext) -> gpd.GeoDataFrame | pd.DataFrame:
-        """The current features of the requested partitions (all if unpartitioned). An input
-        with ``metadata={"columns": [...]}`` reads only those attributes, without geometry
-        (with sqlite3: the library the writes use, since two SQLite libraries must not hold
-        one file open in the same process); with ``"missing_ok": True`` a layer not written
-        yet reads as no rows."""
+    def load_input(self, context: InputContext) -> gpd.GeoDataFrame:
+        """The current features of the requested partitions (all if unpartitioned)."""
         path, layer = self._target(context)
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
-        wanted = (context.definition_metadata or {}).get("columns")
         window, where = input_window(context), ""
         if window is not None:
             where = (f" WHERE {quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
                      f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
-        if wanted:
-            if not path.exists() and (context.definition_metadata or {}).get("missing_ok"):
-                return pd.DataFrame(columns=wanted)
-            with closing(sqlite3.connect(path)) as conn:
-                if not conn.execute("SELECT 1 FROM gpkg_contents WHERE table_name = ?",
-                                    (layer,)).fetchone():
-                    return pd.DataFrame(columns=wanted)
-                frame = pd.read_sql_query(
-                    f"SELECT {', '.join(map(quote, wanted))} FROM {quote(layer)}{where}", conn)
-            if cursor in frame:
-                frame[cursor] = pd.to_datetime(frame[cursor], utc=True, format="ISO8601")
-            return frame
         return pyogrio.read_dataframe(path, layer=layer, where=where.removeprefix(" WHERE ")
                                       or None, use_arrow=True)

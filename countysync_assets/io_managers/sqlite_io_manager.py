@@ -78,8 +78,12 @@ def has_table(path: Path, table: str) -> bool:
     if not path.is_file():
         return False
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                            (table,)).fetchone() is not None
+        return table_exists(conn, table)
+
+
+def table_exists(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                        (table,)).fetchone() is not None
 
 
 def to_rows(frame: pd.DataFrame) -> Iterator[tuple]:
@@ -115,20 +119,19 @@ def upsert_clause(table: str, columns: list[str], keys: list[str], cursor: str |
 
 def has_rows(conn: sqlite3.Connection, table: str) -> bool:
     """Whether ``table`` exists and holds a row."""
-    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
-                          (table,)).fetchone()
-    return bool(exists) and conn.execute(
+    return table_exists(conn, table) and conn.execute(
         f"SELECT 1 FROM {quote(table)} LIMIT 1").fetchone() is not None
 
 
 def read_chunks(path: Path, table: str, columns: list[str]) -> Iterator[pd.DataFrame]:
     """``columns`` of every row of ``table`` in the SQLite file ``path``, ROWS_PER_CHUNK at
     a time, so a county's table is never one frame; nothing if there is no such table."""
-    if not has_table(path, table):
+    if not path.is_file():
         return
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        yield from pd.read_sql_query(f"SELECT {', '.join(map(quote, columns))} FROM "
-                                     f"{quote(table)}", conn, chunksize=ROWS_PER_CHUNK)
+        if table_exists(conn, table):
+            yield from pd.read_sql_query(f"SELECT {', '.join(map(quote, columns))} FROM "
+                                         f"{quote(table)}", conn, chunksize=ROWS_PER_CHUNK)
 
 
 def insert_sql(table: str, columns: list[str]) -> str:
@@ -371,8 +374,6 @@ class SQLiteIOManager(FormatIOManager):
         """
         path, table = self.db_path(context), asset_name(context)
         wanted = (context.definition_metadata or {}).get("columns")
-        if (context.definition_metadata or {}).get("missing_ok") and not has_table(path, table):
-            return pd.DataFrame(columns=wanted or [])
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} does not exist yet: materialize {context.asset_key.to_user_string()} "

@@ -47,6 +47,14 @@ def _flag(variable: str) -> bool:
     return value in _TRUE
 
 
+def whole_number(variable: str, default: int | None = None) -> int:
+    """The whole number in environment variable ``variable`` (``default`` if unset)."""
+    value = os.environ.get(variable) or str(default)
+    if not value.strip().isdigit():
+        raise ValueError(f"{variable}={value!r} is not a whole number.")
+    return int(value)
+
+
 def source_from_env(as_env_vars: bool = True) -> MasterParcelsSource:
     """A ``MasterParcelsSource`` with each setting that is present in the environment.
 
@@ -59,10 +67,8 @@ def source_from_env(as_env_vars: bool = True) -> MasterParcelsSource:
             settings[field] = EnvVar(variable) if as_env_vars else os.environ[variable]
     for field, variable in INT_SETTINGS.items():
         if os.environ.get(variable):
-            if not os.environ[variable].strip().isdigit():
-                raise ValueError(f"{variable}={os.environ[variable]!r} is not a whole number.")
             # plain numbers, not EnvVar: no secret, and checked (batch size > 0) at load time
-            settings[field] = int(os.environ[variable])
+            settings[field] = whole_number(variable)
     for field, variable in BOOL_SETTINGS.items():
         if os.environ.get(variable):
             settings[field] = _flag(variable)

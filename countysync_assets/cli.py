@@ -5,6 +5,9 @@
     countysync partition-range        first...last partition, for --partition-range
     countysync outputs                where each output is and what it holds
     countysync status                 last syncs, the watermark, how far behind the source
+    countysync appraisal-demo --accounts N --year Y [--out DIR]   demo release files
+    countysync appraisal-import --config hcad.yaml --year Y        download .. load, one run
+    countysync appraisal-rollback --config hcad.yaml --import-id N undo the newest import
 """
 
 import argparse
@@ -145,6 +148,65 @@ def _print_status(args: argparse.Namespace) -> None:
               f"({lag} behind).")
 
 
+def _appraisal_demo(args: argparse.Namespace) -> None:
+    from countysync_assets.appraisal.demo_files import write_demo_release
+
+    files = write_demo_release(Path(args.out), args.accounts, args.year, seed=args.seed,
+                               revision=args.revision)
+    print(f"Wrote demo release files of {args.accounts} accounts for {args.year} under "
+          f"{Path(args.out).resolve()}; district files: "
+          + ", ".join(str(p) for p in files.values()))
+    if args.env_file:
+        set_env(Path(args.env_file), "COUNTYSYNC_APPRAISAL_DISTRICT", str(files["hcad"]))
+        print(f"Set COUNTYSYNC_APPRAISAL_DISTRICT={files['hcad']} in {args.env_file}.")
+
+
+def _appraisal_import(args: argparse.Namespace) -> None:
+    """One Dagster run of the appraisal assets for a tax year (recorded in DAGSTER_HOME if set)."""
+    from dagster import DagsterInstance, materialize
+
+    from countysync_assets.definitions import appraisal_assets, appraisal_resources_from_env
+
+    resources = appraisal_resources_from_env(args.config)
+    district = resources["appraisal_release"].district()
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    result = materialize(appraisal_assets, partition_key=str(args.year), resources=resources,
+                         instance=instance, raise_on_error=False)
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        error = failure.step_failure_data.error if failure else None
+        raise ImportFailed(error.message.strip().splitlines()[-1] if error else "the run failed")
+    parsed = result.asset_materializations_for_node("appraisal_parsed")[0].metadata
+    print(f"Imported {district.name} {args.year}"
+          + (": the release is the one already loaded; nothing written."
+             if "unchanged_release" in parsed else
+             f" (import {parsed['import_id'].value}): {parsed['rows'].value:,} records, "
+             f"{parsed['rejects'].value:,} rejects."))
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        meta = {k: v.value for k, v in mat.metadata.items()}
+        if meta.get("changed"):
+            print(f"  {mat.asset_key.to_user_string():<17} {meta['dagster/row_count']:>9,} rows:"
+                  f" {meta['inserted']:,} new, {meta['updated']:,} updated, {meta['unchanged']:,}"
+                  f" unchanged, {meta['removed']:,} marked removed, {meta['duplicates']:,} "
+                  f"duplicates, {meta['rejects']:,} rejects")
+
+
+def _appraisal_rollback(args: argparse.Namespace) -> None:
+    from countysync_assets.definitions import appraisal_resources_from_env
+    from countysync_assets.resources.district_config import load_district
+
+    district = load_district(args.config)
+    tables = appraisal_resources_from_env()["appraisal_db"].tables(district)
+    tables.rollback(args.import_id)
+    print(f"Rolled back import {args.import_id} of {district.name}: its rows are out and the "
+          "rows it replaced are back.")
+
+
+class ImportFailed(RuntimeError):
+    """The import run failed; its one-line reason is the message."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="countysync", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,10 +247,32 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--last", type=int, default=10, help="how many syncs to list")
     status.set_defaults(run=_print_status)
 
+    appraisal_demo = commands.add_parser("appraisal-demo", help="write demo appraisal release files "
+                               "(HCAD-format ZIPs and a fixed-width PROP.TXT)")
+    appraisal_demo.add_argument("--accounts", type=int, default=5_000)
+    appraisal_demo.add_argument("--year", type=int, default=datetime.now(UTC).year)
+    appraisal_demo.add_argument("--out", default="data/appraisal_demo")
+    appraisal_demo.add_argument("--seed", type=int, default=7)
+    appraisal_demo.add_argument("--revision", type=int, default=0,
+                      help="a re-published release: about 1 account in 20 changes")
+    appraisal_demo.add_argument("--env-file", help="also set COUNTYSYNC_APPRAISAL_DISTRICT in this .env")
+    appraisal_demo.set_defaults(run=_appraisal_demo)
+
+    load = commands.add_parser("appraisal-import", help="download, extract, parse and load a "
+                               "tax year's release (one Dagster run)")
+    load.add_argument("--config", required=True, help="the district file (YAML)")
+    load.add_argument("--year", type=int, required=True)
+    load.set_defaults(run=_appraisal_import)
+
+    undo = commands.add_parser("appraisal-rollback", help="undo the newest import of a year")
+    undo.add_argument("--config", required=True, help="the district file (YAML)")
+    undo.add_argument("--import-id", type=int, required=True)
+    undo.set_defaults(run=_appraisal_rollback)
+
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError, SourceError) as err:
+    except (ValueError, OSError, SourceError, RuntimeError) as err:
         print(f"countysync {args.command}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -5,9 +5,10 @@ Configuration comes from the environment and ``.env`` (see README, "Configuratio
 
 import os
 
-from dagster import Definitions, in_process_executor, load_assets_from_modules
+from dagster import Definitions, EnvVar, in_process_executor, load_assets_from_modules
 
 from countysync_assets import assets
+from countysync_assets.assets import appraisal
 from countysync_assets.io_managers.export_io_manager import (
     PARALLEL_ROWS,
     ExportIOManager,
@@ -15,11 +16,22 @@ from countysync_assets.io_managers.export_io_manager import (
     parse_formats,
 )
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
+from countysync_assets.resources.appraisal_release import (
+    PACKAGED,
+    AppraisalDatabase,
+    AppraisalRelease,
+)
+from countysync_assets.resources.release_downloader import ReleaseDownloader
 from countysync_assets.resources.source_config import source_from_env, whole_number
 from countysync_assets.schedules import nightly_delete_check, nightly_sync_schedule
+from countysync_assets.sensors.appraisal_release_sensor import (
+    appraisal_job,
+    appraisal_release_sensor,
+)
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
 all_assets = load_assets_from_modules([assets])
+appraisal_assets = load_assets_from_modules([appraisal])
 
 
 def export_io_manager_from_env() -> ExportIOManager:
@@ -32,12 +44,30 @@ def export_io_manager_from_env() -> ExportIOManager:
                            parallel_rows=whole_number("COUNTYSYNC_PARALLEL_ROWS", PARALLEL_ROWS))
 
 
+def appraisal_resources_from_env(district_file: str | None = None) -> dict:
+    """The appraisal pipeline's resources, from ``COUNTYSYNC_APPRAISAL_*`` (README);
+    ``district_file`` overrides ``COUNTYSYNC_APPRAISAL_DISTRICT``."""
+    database = os.environ.get("COUNTYSYNC_APPRAISAL_DB_URL")
+    return {
+        "appraisal_release": AppraisalRelease(
+            district_file=district_file or os.environ.get("COUNTYSYNC_APPRAISAL_DISTRICT")
+            or str(PACKAGED / "hcad.yaml"),
+            work_dir=os.environ.get("COUNTYSYNC_APPRAISAL_DIR") or "data/appraisal"),
+        "appraisal_db": AppraisalDatabase(
+            url=EnvVar("COUNTYSYNC_APPRAISAL_DB_URL") if database else None,
+            export_dir=os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports"),
+        "downloader": ReleaseDownloader(
+            bandwidth_limit=whole_number("COUNTYSYNC_DOWNLOAD_BYTES_PER_SECOND", 0)),
+    }
+
+
 defs = Definitions(
-    assets=all_assets,
-    jobs=[sync_job, reconcile_deletes_job],
-    sensors=[source_changes_sensor],
+    assets=[*all_assets, *appraisal_assets],
+    jobs=[sync_job, reconcile_deletes_job, appraisal_job],
+    sensors=[source_changes_sensor, appraisal_release_sensor],
     schedules=[nightly_sync_schedule, nightly_delete_check],
-    resources={"source": source_from_env(), "io_manager": export_io_manager_from_env()},
+    resources={"source": source_from_env(), "io_manager": export_io_manager_from_env(),
+               **appraisal_resources_from_env()},
     # A sync's steps form a chain (parcel_sync -> use_code_summary; the delete check ->
     # use_code_summary): a process per step would add seconds of start-up and run nothing
     # side by side, so every run executes its steps in the run's own process.

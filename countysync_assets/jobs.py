@@ -3,11 +3,13 @@ the delete check (key reconciliation, then the county-wide summary it changes)."
 
 from dagster import AssetSelection, define_asset_job
 
+from countysync_assets.assets.asset_metadata import GROUP
+
 RECONCILE = AssetSelection.assets("deleted_parcels", "unplaced_parcels")
 
 sync_job = define_asset_job(
     "sync_parcels",
-    selection=AssetSelection.all() - RECONCILE,
+    selection=AssetSelection.groups(GROUP) - RECONCILE,
     description="Extract changed parcels for the chosen windows and publish every output.",
 )
 

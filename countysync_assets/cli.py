@@ -247,15 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--last", type=int, default=10, help="how many syncs to list")
     status.set_defaults(run=_print_status)
 
-    appraisal_demo = commands.add_parser("appraisal-demo", help="write demo appraisal release files "
-                               "(HCAD-format ZIPs and a fixed-width PROP.TXT)")
+    appraisal_demo = commands.add_parser(
+        "appraisal-demo",
+        help="write demo appraisal release files (HCAD-format ZIPs, a fixed-width PROP.TXT)")
     appraisal_demo.add_argument("--accounts", type=int, default=5_000)
     appraisal_demo.add_argument("--year", type=int, default=datetime.now(UTC).year)
     appraisal_demo.add_argument("--out", default="data/appraisal_demo")
     appraisal_demo.add_argument("--seed", type=int, default=7)
     appraisal_demo.add_argument("--revision", type=int, default=0,
-                      help="a re-published release: about 1 account in 20 changes")
-    appraisal_demo.add_argument("--env-file", help="also set COUNTYSYNC_APPRAISAL_DISTRICT in this .env")
+                                help="a re-published release: about 1 account in 20 changes")
+    appraisal_demo.add_argument("--env-file",
+                                help="also set COUNTYSYNC_APPRAISAL_DISTRICT in this .env")
     appraisal_demo.set_defaults(run=_appraisal_demo)
 
     load = commands.add_parser("appraisal-import", help="download, extract, parse and load a "

@@ -8,6 +8,7 @@ import os
 from dagster import Definitions, EnvVar, in_process_executor, load_assets_from_modules
 
 from countysync_assets import assets
+from countysync_assets.appraisal.records import BLOCK_BYTES
 from countysync_assets.assets import appraisal
 from countysync_assets.io_managers.export_io_manager import (
     PARALLEL_ROWS,
@@ -17,10 +18,10 @@ from countysync_assets.io_managers.export_io_manager import (
 )
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.resources.appraisal_release import (
-    PACKAGED,
     AppraisalDatabase,
     AppraisalRelease,
 )
+from countysync_assets.resources.district_config import PACKAGED_DISTRICTS
 from countysync_assets.resources.release_downloader import ReleaseDownloader
 from countysync_assets.resources.source_config import source_from_env, whole_number
 from countysync_assets.schedules import nightly_delete_check, nightly_sync_schedule
@@ -51,8 +52,9 @@ def appraisal_resources_from_env(district_file: str | None = None) -> dict:
     return {
         "appraisal_release": AppraisalRelease(
             district_file=district_file or os.environ.get("COUNTYSYNC_APPRAISAL_DISTRICT")
-            or str(PACKAGED / "hcad.yaml"),
-            work_dir=os.environ.get("COUNTYSYNC_APPRAISAL_DIR") or "data/appraisal"),
+            or str(PACKAGED_DISTRICTS / "hcad.yaml"),
+            work_dir=os.environ.get("COUNTYSYNC_APPRAISAL_DIR") or "data/appraisal",
+            block_bytes=whole_number("COUNTYSYNC_APPRAISAL_BLOCK_BYTES", BLOCK_BYTES)),
         "appraisal_db": AppraisalDatabase(
             url=EnvVar("COUNTYSYNC_APPRAISAL_DB_URL") if database else None,
             export_dir=os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports"),

@@ -84,7 +84,8 @@ class Trial:
                    "COUNTYSYNC_SOURCE_URL": self.url, "COUNTYSYNC_EXPORT_DIR": str(self.exports),
                    "COUNTYSYNC_PARALLEL_ROWS": "1"}
             command = [str(BIN / "dagster"), "asset", "materialize", "-m",
-                       "countysync_assets.definitions", "--select", "group:parcels", "--partition-range",
+                       "countysync_assets.definitions", "--select", "group:parcels",
+                       "--partition-range",
                        f"{FIRST_KEY}...{LAST_KEY}"]
         else:
             env = dict(os.environ)

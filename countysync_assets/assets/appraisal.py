@@ -18,6 +18,7 @@ from dagster import (
     AssetExecutionContext,
     AssetSpec,
     Backoff,
+    Failure,
     Jitter,
     MaterializeResult,
     MetadataValue,
@@ -31,7 +32,7 @@ from countysync_assets.appraisal.archives import extract
 from countysync_assets.appraisal.records import read_records
 from countysync_assets.resources.appraisal_release import AppraisalDatabase, AppraisalRelease
 from countysync_assets.resources.district_config import TABLES
-from countysync_assets.resources.release_downloader import ReleaseDownloader
+from countysync_assets.resources.release_downloader import DownloadError, ReleaseDownloader
 
 GROUP = "appraisal"
 # tax years; the current year is open (districts publish and re-publish during the year)
@@ -58,9 +59,12 @@ def appraisal_archives(context: AssetExecutionContext, appraisal_release: Apprai
     year = _year(context, appraisal_release)
     district = appraisal_release.district()
     started = time.monotonic()
-    done = downloader.fetch_all(
-        [(f.name, f.url_for(year), appraisal_release.archive(district, f, year),
-          f.sha256.get(year)) for f in district.files], context.log.info)
+    try:
+        done = downloader.fetch_all(
+            [(f.name, f.url_for(year), appraisal_release.archive(district, f, year),
+              f.sha256.get(year)) for f in district.files], context.log.info)
+    except DownloadError as err:  # the step is retried later only if trying again can help
+        raise Failure(str(err), allow_retries=err.transient) from None
     seconds = time.monotonic() - started
     moved = sum(d.bytes for d in done if not d.skipped)
     return MaterializeResult(metadata={
@@ -121,7 +125,8 @@ def appraisal_parsed(context: AssetExecutionContext, appraisal_release: Appraisa
             context.log.info(f"{member.path}: resuming after line {line:,}.")
         started, rows, rejects = time.monotonic(), 0, 0
         path = appraisal_release.extracted(district, file, year) / member.path
-        for batch in read_records(path, layout, file=member.path, offset=offset, line=line):
+        for batch in read_records(path, layout, file=member.path, offset=offset, line=line,
+                                  block_bytes=appraisal_release.block_bytes):
             tables.stage(state.import_id, year, member.table, member.path, batch)
             rows, rejects = rows + len(batch.rows), rejects + len(batch.rejects)
         tables.finish_file(state.import_id, member.path)

@@ -18,19 +18,25 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from countysync_assets.appraisal.archives import Limits
+from countysync_assets.appraisal.records import BLOCK_BYTES
 from countysync_assets.appraisal.tables import AppraisalTables
-from countysync_assets.resources.district_config import District, ReleaseFile, load_district
-
-PACKAGED = Path(__file__).resolve().parent.parent / "districts"
+from countysync_assets.resources.district_config import (
+    PACKAGED_DISTRICTS,
+    District,
+    ReleaseFile,
+    load_district,
+)
 
 
 class AppraisalRelease(ConfigurableResource):
     """The district file and the folder its downloads and extracted files go into."""
 
-    district_file: str = Field(default=str(PACKAGED / "hcad.yaml"))
+    district_file: str = Field(default=str(PACKAGED_DISTRICTS / "hcad.yaml"))
     work_dir: str = "data/appraisal"
     max_extract_bytes: int = Field(default=Limits.max_bytes, gt=0)
     max_compression_ratio: float = Field(default=Limits.max_ratio, gt=1)
+    block_bytes: int = Field(default=BLOCK_BYTES, ge=1024, description=(
+        "bytes of a file parsed and staged per batch (one checkpoint each)"))
 
     def district(self) -> District:
         return load_district(self.district_file)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ARCHIVE_KINDS = ("zip", "tar", "tar.gz", "gz")
 TABLES = ("property_records", "owners", "building_details", "extra_features")
 NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PACKAGED_DISTRICTS = Path(__file__).resolve().parent.parent / "districts"  # hcad.yaml, ...
 
 
 class DistrictConfigError(ValueError):

@@ -35,7 +35,12 @@ USER_AGENT = "countysync (appraisal bulk files; https://github.com/countysync)"
 
 
 class DownloadError(RuntimeError):
-    """A download failed for good; the message says which file, why and what to do."""
+    """A download failed; the message says which file, why and what to do. ``transient``:
+    the server or network failed on every try, so trying later may succeed."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class RetryableStatus(Exception):
@@ -196,7 +201,8 @@ class ReleaseDownloader(ConfigurableResource):
         err = state.outcome.exception()
         if isinstance(err, RetryableStatus) and err.retry_after is not None:
             return min(err.retry_after, self.max_backoff_seconds)
-        return wait_exponential_jitter(initial=self.backoff_seconds, max=self.max_backoff_seconds,
+        return wait_exponential_jitter(multiplier=self.backoff_seconds,
+                                       max=self.max_backoff_seconds,
                                        jitter=self.backoff_seconds)(state)
 
     def _fetch(self, client: httpx.Client, throttle: _Throttle, log: Callable[[str], None],
@@ -220,11 +226,12 @@ class ReleaseDownloader(ConfigurableResource):
         except RetryableStatus as err:
             raise DownloadError(f"{name}: {url} answered {err} on each of {self.attempts} "
                                 "tries; the district's server is down or busy: try again "
-                                "later.") from None
+                                "later.", transient=True) from None
         except httpx.HTTPError as err:
             raise DownloadError(f"{name}: could not download {url} after {self.attempts} tries "
                                 f"({type(err).__name__}: {err}); check the network and the URL, "
-                                "then run again: the bytes already here are kept.") from None
+                                "then run again: the bytes already here are kept.",
+                                transient=True) from None
         except OSError as err:
             raise DownloadError(f"{name}: cannot read or write {err.filename}: "
                                 f"{err.strerror}") from None

@@ -19,12 +19,12 @@ from dagster import (
     sensor,
 )
 
-from countysync_assets.assets.appraisal import GROUP, TAX_YEARS
+from countysync_assets.assets.appraisal import GROUP
 from countysync_assets.resources.appraisal_release import AppraisalRelease
 from countysync_assets.resources.release_downloader import ReleaseDownloader
 
 appraisal_job = define_asset_job(
-    "appraisal_import", selection=AssetSelection.groups(GROUP), partitions_def=TAX_YEARS,
+    "appraisal_import", selection=AssetSelection.groups(GROUP),
     description="Download, extract, parse and load a tax year's release of the district.")
 
 

@@ -193,8 +193,8 @@ class AppraisalTables:
                     f"SELECT coalesce(sum(lines), 0), coalesce(sum(rows), 0) FROM "
                     f"{self._t('import_checkpoints')} WHERE import_id = :i AND file = :f"),
                     {"i": import_id, "f": member.path}).one()
-                result[member.table] = {
-                    "lines": lines, "staged": rows, **counts.get(member.table, {}),
+                result[member.table] = {  # int(): PostgreSQL's sum of a BIGINT is NUMERIC
+                    "lines": int(lines), "staged": int(rows), **counts.get(member.table, {}),
                     "reject_lines": conn.execute(text(
                         f"SELECT count(DISTINCT line) FROM {self._t('rejects')} "
                         "WHERE import_id = :i AND file = :f"),

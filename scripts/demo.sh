@@ -19,3 +19,9 @@ echo "Materializing every asset for partitions $range in one run ..."
   --partition-range "$range" > "$DAGSTER_HOME/last-demo-run.log" 2>&1 || {
   tail -n 40 "$DAGSTER_HOME/last-demo-run.log"; exit 1; }
 .venv/bin/countysync outputs
+# the second pipeline: appraisal-district bulk files (demo HCAD-format ZIPs, read via file://)
+year=$(date -u +%Y)
+.venv/bin/countysync appraisal-demo --accounts "${ACCOUNTS:-5000}" --year "$year" \
+  --out data/appraisal_demo --env-file .env
+.venv/bin/countysync appraisal-import --config data/appraisal_demo/hcad_demo.yaml --year "$year" \
+  2> "$DAGSTER_HOME/last-appraisal-run.log" || { tail -n 40 "$DAGSTER_HOME/last-appraisal-run.log"; exit 1; }

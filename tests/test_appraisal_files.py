@@ -1,6 +1,5 @@
 """Release files as they come: hostile or damaged archives, and records that cannot be used."""
 
-import bz2
 import gzip
 import io
 import tarfile
@@ -34,7 +33,8 @@ def test_zip_members_are_extracted_and_published(tmp_path):
     archive = make_zip(tmp_path / "r.zip", {"real_acct.txt": b"a\r\n", "deeds.txt": b"d"})
     out = extract(archive, "zip", ["real_acct.txt"], tmp_path / "files")
     assert [p.name for p in out] == ["real_acct.txt"] and out[0].read_bytes() == b"a\r\n"
-    assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(".files*"))
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["real_acct.txt"]
+    assert not list(tmp_path.glob(".files*"))  # no temporary folder left
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "/etc/evil.txt", "sub/../../evil.txt"])
@@ -106,11 +106,6 @@ def test_a_member_missing_from_the_archive_is_named(tmp_path):
     with pytest.raises(ArchiveError, match=r"no member matches \['real_acct.txt'\]; the archive "
                                            "holds owners.txt"):
         extract(archive, "zip", ["real_acct.txt"], tmp_path / "files")
-
-
-def test_bz2_is_what_makes_the_bomb(tmp_path):
-    """The bomb above is real: its member really is 20 MB from a few hundred bytes."""
-    assert len(bz2.compress(bytes(20_000_000))) < 2_000
 
 
 # --- records --------------------------------------------------------------------------------

@@ -100,10 +100,15 @@ def test_ui_lists_every_asset_with_its_partitions(dagster_dev):
     url = dagster_dev.url
     nodes = graphql(url, """{ assetNodes { assetKey { path } isPartitioned description
                               groupName } }""")["assetNodes"]
-    by_key = {n["assetKey"]["path"][-1]: n for n in nodes}
+    by_key = {n["assetKey"]["path"][-1]: n for n in nodes if n["groupName"] == "parcels"}
     assert sorted(by_key) == sorted(ASSETS)
     assert all(by_key[a]["isPartitioned"] for a in SYNCED if a != "use_code_summary")
-    assert all(n["description"] and n["groupName"] == "parcels" for n in nodes)
+    appraisal = {n["assetKey"]["path"][-1]: n for n in nodes if n["groupName"] == "appraisal"}
+    assert sorted(appraisal) == sorted(["appraisal_archives", "appraisal_files",
+                                        "appraisal_parsed", "property_records", "owners",
+                                        "building_details", "extra_features"])
+    assert all(n["isPartitioned"] for n in appraisal.values())  # by tax year
+    assert all(n["description"] for n in nodes) and len(nodes) == len(by_key) + len(appraisal)
 
 
 def test_ui_shows_the_password_setting_by_name_only(dagster_dev):

@@ -10,13 +10,12 @@ like a supplement re-published under the same name.
 """
 
 import zipfile
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from countysync_assets.resources.district_config import load_district
+from countysync_assets.resources.district_config import PACKAGED_DISTRICTS, load_district
 
 HCAD_URL = "https://download.hcad.org"
 PACS_URL = "https://example-cad.org/exports"
@@ -30,7 +29,7 @@ CITIES = np.array(["HOUSTON", "PASADENA", "BAYTOWN", "KATY", "HUMBLE", "TOMBALL"
 
 
 def _district_file(package_name: str, out: Path, real: str, local: str) -> Path:
-    text = resources.files("countysync_assets.districts").joinpath(package_name).read_text()
+    text = (PACKAGED_DISTRICTS / package_name).read_text()
     path = out / package_name.replace(".yaml", "_demo.yaml")
     path.write_text(f"# the demo copy of {package_name}: its URLs point at files on this "
                     "machine\n" + text.replace(real, local))
@@ -139,8 +138,7 @@ def _accounts(n: int, seed: int, revision: int, year: int) -> dict[str, pd.DataF
 
 def _fixed_width(frame: pd.DataFrame, year: int) -> bytes:
     """PROP.TXT records cut to the pacs_example layout."""
-    layout = load_district(Path(str(resources.files("countysync_assets.districts")
-                                    .joinpath("pacs_example.yaml")))).layouts["prop"]
+    layout = load_district(PACKAGED_DISTRICTS / "pacs_example.yaml").layouts["prop"]
     values = {"prop_id": frame["acct"].str[-9:].astype(int).astype(str),
               "prop_type_cd": "R", "prop_val_yr": str(year), "geo_id": frame["acct"],
               "py_owner_name": frame["mailto"], "py_addr_line1": frame["mail_addr_1"],

@@ -91,7 +91,7 @@ def _split_raw(line: bytes, layout: Layout) -> list[bytes]:
     return [line[c.start - 1:c.start - 1 + c.width] for c in layout.columns]
 
 
-def _decode(block: bytes, first_line: int, layout: Layout, file: str,
+def _decode(block: bytes, first_line: int, count: int, layout: Layout, file: str,
             rejects: list[dict]) -> tuple[str, np.ndarray]:
     """The block as text with LF line ends, and the physical line number of each line kept.
 
@@ -99,17 +99,14 @@ def _decode(block: bytes, first_line: int, layout: Layout, file: str,
     return inside a line (the CSV reader would end the record there), is looked at line by
     line: those lines become rejects naming the field that holds the bytes.
     """
-    lines = block.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
     try:
         text = block.decode(layout.encoding).replace("\r\n", "\n")
         if "\r" not in text:
-            return text, np.arange(first_line, first_line + len(lines))
+            return text, np.arange(first_line, first_line + count)
     except UnicodeDecodeError:
         pass
     kept, numbers = [], []
-    for number, line in enumerate(lines, start=first_line):
+    for number, line in enumerate(block.split(b"\n")[:count], start=first_line):
         line = line.removesuffix(b"\r")
         try:
             decoded = line.decode(layout.encoding)
@@ -192,8 +189,9 @@ def _slice_fixed(records: pa.ChunkedArray, layout: Layout, numbers: np.ndarray, 
     return pa.table({**columns, LINE: pa.array(numbers, pa.int64())})
 
 
-def _coerce(raw: pa.ChunkedArray, column: Column) -> tuple[pa.ChunkedArray, list[tuple]]:
-    """A column trimmed, normalized and typed; with (bad mask, reason) pairs for its values."""
+def _coerce(raw: pa.ChunkedArray,
+            column: Column) -> tuple[pa.ChunkedArray, pa.ChunkedArray, list[tuple]]:
+    """A column trimmed, normalized and typed; its empty-value mask; (bad mask, reason) pairs."""
     value = pc.utf8_trim_whitespace(raw)
     empty = pc.equal(pc.utf8_length(value), 0)
     value = pc.if_else(empty, pa.scalar(None, pa.string()), value)
@@ -218,7 +216,7 @@ def _coerce(raw: pa.ChunkedArray, column: Column) -> tuple[pa.ChunkedArray, list
                          f"not a date in the form {column.date_format}"))
         value = pc.cast(parsed, pa.date32())
     # a null in a check means an empty value: that is a problem only for required fields
-    return value, [(pc.fill_null(mask, False), reason) for mask, reason in problems]
+    return value, empty, [(pc.fill_null(mask, False), reason) for mask, reason in problems]
 
 
 def _typed(fields: pa.Table, numbers: np.ndarray, layout: Layout, file: str,
@@ -228,9 +226,8 @@ def _typed(fields: pa.Table, numbers: np.ndarray, layout: Layout, file: str,
     all_empty = np.ones(len(fields), dtype=bool)
     for column in layout.columns:
         raw = fields.column(column.name)
-        all_empty &= pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(raw)), 0).to_numpy(
-            zero_copy_only=False)
-        columns[column.name], problems = _coerce(raw, column)
+        columns[column.name], empty, problems = _coerce(raw, column)
+        all_empty &= empty.to_numpy(zero_copy_only=False)
         for mask, reason in problems:
             if not pc.any(mask).as_py():
                 continue
@@ -279,14 +276,14 @@ def read_records(path: Path, layout: Layout, *, file: str, offset: int = 0, line
                                  "columns.")
         line = 1
     for start, block in _blocks(path, offset, block_bytes):
+        count = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)  # lines in the block
         row_rejects: list[dict] = []
-        text, numbers = _decode(block, line + 1, layout, file, row_rejects)
+        text, numbers = _decode(block, line + 1, count, layout, file, row_rejects)
         fields, kept = _split(text, numbers, layout, file, row_rejects)
         value_rejects: list[pa.Table] = []
         rows = _typed(fields, kept, layout, file, value_rejects)
         rejects = pa.concat_tables([pa.Table.from_pylist(row_rejects, REJECT_SCHEMA),
                                     *value_rejects]).sort_by([("line", "ascending")])
-        count = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         line += count
         yield Batch(rows=rows.cast(schema_of(layout)), rejects=rejects,
                     end_offset=start + len(block), last_line=line, lines=count)

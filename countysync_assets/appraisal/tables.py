@@ -125,7 +125,8 @@ class AppraisalTables:
         self.postgres = engine.dialect.name == "postgresql"
         self.schema = district.district if self.postgres else None
         self.meta = define_tables(district, self.schema)
-        if engine.dialect.name == "sqlite":
+        if engine.dialect.name == "sqlite" and not event.contains(engine, "connect",
+                                                                  _sqlite_pragmas):
             event.listen(engine, "connect", _sqlite_pragmas)
 
     def create(self) -> None:
@@ -327,8 +328,8 @@ class AppraisalTables:
             f"SELECT count(*) - count(CASE WHEN known THEN 1 END), "
             f"count(CASE WHEN known THEN 1 END) FROM {changed}")).one()
 
-        every = f"{YEAR}, {names}, {IMPORT}, {REMOVED}"
-        t_every = ", ".join(f"t.{c}" for c in [YEAR, *(q(c) for c in cols), IMPORT, REMOVED])
+        every = self._stored(layout)
+        t_every = self._stored(layout, alias="t.")
         conn.execute(text(
             f"INSERT INTO {history} ({every}, {REPLACED}) SELECT {t_every}, :i "
             f"FROM {target} t JOIN {changed} l ON {on} WHERE t.{YEAR} = :y"), params)
@@ -351,6 +352,11 @@ class AppraisalTables:
         return {"staged": staged, "duplicates": staged - kept, "inserted": new,
                 "updated": updated, "unchanged": kept - new - updated, "removed": removed}
 
+    def _stored(self, layout: Layout, alias: str = "") -> str:
+        """The columns a target row and its history share, quoted, in order."""
+        names = [YEAR, *(self._q(c.name) for c in layout.columns), IMPORT, REMOVED]
+        return ", ".join(alias + n for n in names)
+
     def rollback(self, import_id: int) -> None:
         """Undo a loaded import: its rows out, the rows it replaced back. Newest import only."""
         runs = self._t("import_runs")
@@ -367,8 +373,7 @@ class AppraisalTables:
                 raise AppraisalImportError(f"import {newer} of {row[0]} came after import "
                                            f"{import_id}: roll back import {newer} first.")
             for _, member, layout in self.district.members():
-                every = ", ".join([YEAR, *(self._q(c.name) for c in layout.columns), IMPORT,
-                                   REMOVED])
+                every = self._stored(layout)
                 target, history = self._t(member.table), self._t(f"{member.table}_history")
                 conn.execute(text(f"DELETE FROM {target} WHERE {IMPORT} = :i"), {"i": import_id})
                 conn.execute(text(f"INSERT INTO {target} ({every}) SELECT {every} FROM {history} "

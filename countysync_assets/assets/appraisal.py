@@ -8,7 +8,6 @@ staged release merged into the tables in one transaction, with their checks). Bi
 between stages as files on disk and staged rows, never as a frame through Dagster.
 """
 
-import json
 import time
 
 from dagster import (
@@ -31,8 +30,12 @@ from dagster import (
 from countysync_assets.appraisal.archives import extract
 from countysync_assets.appraisal.records import read_records
 from countysync_assets.resources.appraisal_release import AppraisalDatabase, AppraisalRelease
-from countysync_assets.resources.district_config import TABLES
-from countysync_assets.resources.release_downloader import DownloadError, ReleaseDownloader
+from countysync_assets.resources.district_config import TABLES, District
+from countysync_assets.resources.release_downloader import (
+    DownloadError,
+    ReleaseDownloader,
+    recorded_sha256,
+)
 
 GROUP = "appraisal"
 # tax years; the current year is open (districts publish and re-publish during the year)
@@ -43,9 +46,9 @@ RETRY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL, jitter
 EXTRACTED_FROM = ".extracted-from.sha256"  # in an extracted folder: the archive's SHA-256
 
 
-def _year(context: AssetExecutionContext, release: AppraisalRelease) -> int:
+def _year(context: AssetExecutionContext, district: District) -> int:
+    """The partition's tax year, refused if the district published nothing that year."""
     year = int(context.partition_key)
-    district = release.district()
     if year < district.first_year:
         raise ValueError(f"{district.name} publishes releases from {district.first_year}; "
                          f"{year} has none. Choose a later tax year.")
@@ -56,8 +59,8 @@ def _year(context: AssetExecutionContext, release: AppraisalRelease) -> int:
        description="The district's release files for the tax year, downloaded and verified.")
 def appraisal_archives(context: AssetExecutionContext, appraisal_release: AppraisalRelease,
                        downloader: ReleaseDownloader) -> MaterializeResult:
-    year = _year(context, appraisal_release)
     district = appraisal_release.district()
+    year = _year(context, district)
     started = time.monotonic()
     try:
         done = downloader.fetch_all(
@@ -82,12 +85,12 @@ def appraisal_archives(context: AssetExecutionContext, appraisal_release: Apprai
        description="The members the district file names, extracted safely from the archives.")
 def appraisal_files(context: AssetExecutionContext,
                     appraisal_release: AppraisalRelease) -> MaterializeResult:
-    year = _year(context, appraisal_release)
     district = appraisal_release.district()
+    year = _year(context, district)
     listed, extracted = [], 0
     for file in district.files:
         archive = appraisal_release.archive(district, file, year)
-        digest = json.loads(archive.with_name(archive.name + ".json").read_text())["sha256"]
+        digest = recorded_sha256(archive)
         folder = appraisal_release.extracted(district, file, year)
         marker = folder / EXTRACTED_FROM
         if not (marker.exists() and marker.read_text() == digest):
@@ -107,8 +110,8 @@ def appraisal_files(context: AssetExecutionContext,
                    "checkpoints; unusable records go to the rejects table with their reason.")
 def appraisal_parsed(context: AssetExecutionContext, appraisal_release: AppraisalRelease,
                      appraisal_db: AppraisalDatabase) -> MaterializeResult:
-    year = _year(context, appraisal_release)
     district = appraisal_release.district()
+    year = _year(context, district)
     tables = appraisal_db.tables(district)
     state = tables.begin_import(year, appraisal_release.digest(district, year))
     if state is None:
@@ -160,8 +163,8 @@ def _checks(table: str) -> list[AssetCheckSpec]:
 def appraisal_tables(context: AssetExecutionContext, appraisal_release: AppraisalRelease,
                      appraisal_db: AppraisalDatabase):
     """Merge the staged release into every table in one transaction, then check each table."""
-    year = _year(context, appraisal_release)
     district = appraisal_release.district()
+    year = _year(context, district)
     tables = appraisal_db.tables(district)
     pending = tables.newest(year, "staging")
     counts = tables.merge(pending, year) if pending is not None else {}

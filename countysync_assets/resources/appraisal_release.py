@@ -8,12 +8,12 @@ database of ``COUNTYSYNC_APPRAISAL_DB_URL`` (a schema per district). The URL is 
 """
 
 import hashlib
-import json
+from functools import cache
 from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -26,6 +26,7 @@ from countysync_assets.resources.district_config import (
     ReleaseFile,
     load_district,
 )
+from countysync_assets.resources.release_downloader import recorded_sha256
 
 
 class AppraisalRelease(ConfigurableResource):
@@ -57,12 +58,14 @@ class AppraisalRelease(ConfigurableResource):
 
     def digest(self, district: District, year: int) -> str:
         """One SHA-256 for the release: of its archives' SHA-256s, as the downloads recorded."""
-        digests = []
-        for file in district.files:
-            sidecar = self.archive(district, file, year).with_name(
-                self.archive(district, file, year).name + ".json")
-            digests.append(json.loads(sidecar.read_text())["sha256"])
+        digests = [recorded_sha256(self.archive(district, f, year)) for f in district.files]
         return hashlib.sha256(" ".join(digests).encode()).hexdigest()
+
+
+@cache
+def _engine(url: str) -> Engine:
+    """One engine (one connection pool) per database for the life of the process."""
+    return create_engine(url, pool_pre_ping=True)
 
 
 class AppraisalDatabase(ConfigurableResource):
@@ -87,6 +90,6 @@ class AppraisalDatabase(ConfigurableResource):
             path = Path(self.export_dir) / "appraisal" / f"{district.district}.sqlite"
             path.parent.mkdir(parents=True, exist_ok=True)
             url = make_url(f"sqlite:///{path}")
-        tables = AppraisalTables(create_engine(url, pool_pre_ping=True), district)
+        tables = AppraisalTables(_engine(url.render_as_string(hide_password=False)), district)
         tables.create()
         return tables

@@ -130,6 +130,16 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def recorded_sha256(path: Path) -> str:
+    """The SHA-256 the download of ``path`` recorded (the file is the verified download)."""
+    return _read_json(_sidecar(path))["sha256"]
+
+
+def _unchanged(known: dict) -> "Downloaded":
+    """The earlier download, reported again: nothing was fetched."""
+    return Downloaded(**{**known, "skipped": True, "resumed_from": 0, "seconds": 0.0})
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -143,15 +153,12 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(temp, path)
 
 
-def _sha256(path: Path, upto: int | None = None) -> "hashlib._Hash":
-    digest, left = hashlib.sha256(), upto
+def _sha256(path: Path) -> "hashlib._Hash":
+    """A running SHA-256 of the bytes already in ``path`` (a resumed download goes on from it)."""
+    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while chunk := file.read(CHUNK if left is None else min(CHUNK, left)):
+        while chunk := file.read(CHUNK):
             digest.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-                if not left:
-                    break
     return digest
 
 
@@ -212,7 +219,7 @@ class ReleaseDownloader(ConfigurableResource):
         known = _read_json(_sidecar(dest)) if dest.exists() else {}
         if expected and known.get("sha256") == expected:
             log(f"{name}: unchanged (SHA-256 as the district file expects); not downloaded.")
-            return Downloaded(**{**known, "skipped": True, "resumed_from": 0, "seconds": 0.0})
+            return _unchanged(known)
 
         def attempt_log(state) -> None:
             log(f"{name}: try {state.attempt_number} of {self.attempts} failed "
@@ -263,8 +270,8 @@ class ReleaseDownloader(ConfigurableResource):
             return self._copy(Path(unquote(urlparse(url).path)), throttle, log, name, dest, part,
                               known)
         have = part.stat().st_size if part.exists() else 0
-        validator = _read_json(_sidecar(part)).get("etag") or \
-            _read_json(_sidecar(part)).get("last_modified")
+        started_as = _read_json(_sidecar(part))
+        validator = started_as.get("etag") or started_as.get("last_modified")
         headers = {}
         if have and validator:
             headers |= {"Range": f"bytes={have}-", "If-Range": validator}
@@ -276,7 +283,7 @@ class ReleaseDownloader(ConfigurableResource):
             headers["If-Modified-Since"] = known["last_modified"]
         with client.stream("GET", url, headers=headers) as response:
             if response.status_code == 304:
-                return Downloaded(**{**known, "skipped": True, "resumed_from": 0, "seconds": 0.0})
+                return _unchanged(known)
             if response.status_code == 429 or response.status_code >= 500:
                 raise RetryableStatus(response.status_code,
                                       _retry_after(response.headers.get("Retry-After")))
@@ -292,7 +299,7 @@ class ReleaseDownloader(ConfigurableResource):
                     (etag and etag == known.get("etag")) or
                     (not etag and modified and modified == known.get("last_modified")
                      and size == known.get("bytes"))):
-                return Downloaded(**{**known, "skipped": True, "resumed_from": 0, "seconds": 0.0})
+                return _unchanged(known)
             start = have if response.status_code == 206 else 0
             if response.status_code == 206 and not response.headers.get(
                     "Content-Range", "").startswith(f"bytes {have}-"):
@@ -304,7 +311,7 @@ class ReleaseDownloader(ConfigurableResource):
                 log(f"{name}: the server ignored the range request; downloading from the start.")
             _write_json(_sidecar(part), {"etag": etag, "last_modified": modified})
             total = start + size if size >= 0 else None
-            digest = _sha256(part, start) if start else hashlib.sha256()
+            digest = _sha256(part) if start else hashlib.sha256()
             progress = _Progress(name, log, start, total)
             with part.open("r+b" if start else "wb") as out:
                 out.seek(start)
@@ -329,7 +336,7 @@ class ReleaseDownloader(ConfigurableResource):
         modified = str(stat.st_mtime_ns)
         if known and dest.exists() and known.get("last_modified") == modified \
                 and known.get("bytes") == stat.st_size:
-            return Downloaded(**{**known, "skipped": True, "resumed_from": 0, "seconds": 0.0})
+            return _unchanged(known)
         digest, progress = hashlib.sha256(), _Progress(name, log, 0, stat.st_size)
         with source.open("rb") as src, part.open("wb") as out:
             while chunk := src.read(CHUNK):

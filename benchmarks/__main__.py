@@ -11,27 +11,31 @@ runs, rows/s and peak RSS, each run in its own process. Prints a table and write
 ``benchmarks/results/<timestamp>-<rows>.json`` and ``latest-<rows>.json`` (``latest.json``:
 the largest size of the newest run).
 
+The appraisal step (``--appraisal-rows``, 1,600,000 by default, HCAD's size; 0 skips it)
+imports one real_acct-format file into SQLite and PostgreSQL with countysync's pipeline, the
+seed's per-row importer and plain pandas (``benchmarks/appraisal.py``): its table is printed
+and written to ``benchmarks/results/appraisal-<timestamp>-<rows>.json`` and
+``appraisal-latest.json``.
+
 ``python -m benchmarks --profile --sizes 100000`` runs each countysync step once under
 pyinstrument instead and writes where the time goes to ``benchmarks/results/profiles/``.
 """
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
 import sqlalchemy as sa
 
+from benchmarks import appraisal
+from benchmarks.measure import machine, measure
 from countysync_assets.demo_source import churn, create_demo_source
 from countysync_assets.partitions import START_ENV, build_partitions_def
 
@@ -65,35 +69,6 @@ CHURN = {"updates": 0.008, "inserts": 0.001, "deletes": 0.001}  # 1% of rows
 FIXED_CHURN = {"updates": 800, "inserts": 100, "deletes": 100}
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
-    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text()
-                         .splitlines() if line.startswith("MemTotal")))
-    versions = {}
-    for package in ("dagster", "pandas", "geopandas", "pyogrio", "fiona", "dlt", "SQLAlchemy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": cpu, "cpus": os.cpu_count(), "memory_gb": round(memory_kb / 2**20, 1),
-            "versions": versions, "countysync_commit": measured_commit()}
-
-
-def measured_commit() -> str | None:
-    """The commit measured, with ``-dirty`` if its code (not its results) was changed."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=Path(__file__).parents[1]).stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD")
-    changed = git("status", "--porcelain", "--", "countysync_assets", "benchmarks/*.py",
-                  "pyproject.toml")
-    return (commit + ("-dirty" if changed else "")) or None
-
-
 def go_live() -> str:
     return (datetime.now(UTC) - timedelta(days=GO_LIVE_DAYS)).date().isoformat()
 
@@ -101,32 +76,6 @@ def go_live() -> str:
 def partitions():
     """The benchmark county's partitions (the cases get the same start: ``measure``)."""
     return build_partitions_def(start=go_live())
-
-
-def measure(tool: str, step: str, workdir: Path, url: str, partitions: str,
-            profile: Path | None = None) -> tuple[float, float]:
-    """(wall seconds of the work, peak RSS in MB of its process). With ``profile``, the case
-    runs under pyinstrument, which writes its text report there (and slows the run)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    profiler = []
-    if profile:
-        profile.parent.mkdir(parents=True, exist_ok=True)
-        profiler = ["-m", "pyinstrument", "-r", "text", "--no-color", "-o", str(profile)]
-    command = [sys.executable, *profiler, "-m", "benchmarks.case", tool, step, str(workdir), url,
-               partitions]
-    with open(workdir / f"{tool}-{step}.log", "w") as log:
-        # the benchmark's go-live date over any setting or .env of the person running it
-        env = {**os.environ, START_ENV: go_live(), "COUNTYSYNC_ENV_FILE": os.devnull}
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
-                                   env=env,
-                                   cwd=Path(__file__).parents[1])
-        output = process.stdout.read()
-        process.wait()
-    if process.returncode:
-        raise RuntimeError(f"{tool} {step} failed; see {workdir / f'{tool}-{step}.log'}:\n"
-                           + (workdir / f"{tool}-{step}.log").read_text()[-2000:])
-    measured = json.loads(output.strip().splitlines()[-1])
-    return measured["wall_s"], measured["peak_rss_mb"]
 
 
 def partition_range(url: str, newer_than: datetime | None = None) -> tuple[str, str]:
@@ -216,7 +165,8 @@ def run_step(tool: str, step: str, plan: dict[str, Step], root: Path, attempt: i
         shutil.rmtree(workdir, ignore_errors=True)
     if step.startswith("incremental"):
         shutil.copytree(root / tool / f"full-{attempt}", workdir)
-    return measure(tool, step, workdir, source, partitions, profile)
+    # the benchmark's go-live date over any setting of the person running it
+    return measure(tool, step, workdir, [source, partitions], {START_ENV: go_live()}, profile)
 
 
 def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
@@ -311,7 +261,10 @@ def report(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000],
+                        help="source sizes of the sync benchmark (none: skip it)")
+    parser.add_argument("--appraisal-rows", type=int, default=1_600_000,
+                        help="real_acct rows of the appraisal import benchmark (0: skip it)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--days", type=float, default=365,
@@ -327,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
+        latest = args.out / "appraisal-latest.json"
+        if latest.exists():
+            print("\n" + appraisal.table(json.loads(latest.read_text())))
         return 0
     if args.profile:
         with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
@@ -347,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / "latest.json").write_text(text)
             print(table(result))
             print(f"({time.monotonic() - started:.0f} s for this size)\n", flush=True)
+        if args.appraisal_rows:
+            result = appraisal.bench(args.appraisal_rows, args.repeat,
+                                     Path(scratch) / "appraisal") | {"machine": machine()}
+            text = json.dumps(result, indent=1)
+            (args.out / f"appraisal-{stamp}-{args.appraisal_rows}.json").write_text(text)
+            (args.out / "appraisal-latest.json").write_text(text)
+            print(appraisal.table(result), flush=True)
     if len(args.sizes) > 1:
         print(report(args.out))
     return 0

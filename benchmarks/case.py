@@ -1,5 +1,6 @@
-"""One benchmark case in its own process: ``python -m benchmarks.case TOOL STEP WORKDIR URL
-PARTITIONS``. Prints, as JSON, the wall seconds of the work itself (imports excluded) and the
+"""One benchmark case in its own process: ``python -m benchmarks.case TOOL STEP WORKDIR ARGS...``
+(the sync cases: the source URL and the partitions; the appraisal cases: the release and the
+target database). Prints, as JSON, the wall seconds of the work itself (imports excluded) and the
 peak RSS: the process's ``VmHWM`` (its own address space, whereas ``ru_maxrss`` would carry
 over the parent's high-water mark across fork and exec) plus the largest ``VmHWM`` of its
 child processes (the sync's second process, ogr2ogr), sampled while they run."""
@@ -18,14 +19,17 @@ MODULES = {"countysync": "benchmarks.case_countysync",
            "countysync-tabular": "benchmarks.case_countysync",
            "seeds-pandas": "benchmarks.case_seeds_pandas",
            "dlt": "benchmarks.case_dlt",
-           "dlt+ogr2ogr": "benchmarks.case_dlt_ogr2ogr"}
+           "dlt+ogr2ogr": "benchmarks.case_dlt_ogr2ogr",
+           "appraisal-countysync": "benchmarks.case_appraisal_countysync",
+           "appraisal-per-row": "benchmarks.case_appraisal_per_row",
+           "appraisal-pandas": "benchmarks.case_appraisal_pandas"}
 # countysync writing only what dlt writes: the working and stats tables (and the summary)
 TABULAR = {"master_parcels": [], "parcel_rejects": [], "working": ["sqlite"],
            "stats": ["sqlite"], "parcel_geometry": [], "geometry_rejects": []}
 
 
 def main() -> None:
-    tool, step, workdir, source_url, partitions = sys.argv[1:6]
+    tool, step, workdir, *args = sys.argv[1:]
     os.environ["DAGSTER_HOME"] = str(Path(workdir) / "dagster_home")
     if tool == "countysync-tabular":
         os.environ["COUNTYSYNC_FORMATS"] = json.dumps(TABULAR)
@@ -36,7 +40,7 @@ def main() -> None:
     watcher = threading.Thread(target=watch_children, args=(children, done), daemon=True)
     watcher.start()
     started = time.perf_counter()
-    module.run(step, Path(workdir), source_url, partitions)
+    module.run(step, Path(workdir), *args)
     wall = time.perf_counter() - started
     done.set()
     watcher.join()

@@ -10,6 +10,9 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from countysync_assets.appraisal.demo_files import write_demo_release
 
 
 @dataclass
@@ -102,3 +105,18 @@ class ReleaseServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve_demo_release(server: ReleaseServer, root: Path, year: int, accounts: int,
+                       revision: int = 0) -> tuple[Path, dict[str, bytes]]:
+    """Demo HCAD release ZIPs of ``year`` served at HCAD's paths; a district file reading them
+    over HTTP, and each ZIP's bytes by name."""
+    files = write_demo_release(root / "demo", accounts, year, revision=revision)
+    cama = root / "demo" / "data" / "CAMA" / str(year)
+    served = {path.name: path.read_bytes() for path in sorted(cama.glob("*.zip"))}
+    for name, body in served.items():
+        server.files[f"/data/CAMA/{year}/{name}"] = Served(body)
+    district_file = root / "hcad_http.yaml"
+    district_file.write_text(files["hcad"].read_text().replace(
+        (root / "demo").resolve().as_uri(), server.url("")))
+    return district_file, served

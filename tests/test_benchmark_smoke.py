@@ -3,13 +3,14 @@ machines are noisy; only that every case ran and the results have their document
 
 import json
 
+from benchmarks import appraisal
 from benchmarks.__main__ import OUTPUTS, TOOL_STEPS, main, report
 
 
-def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys):
+def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys, postgres_admin_url):
     out = tmp_path / "results"
     assert main(["--sizes", "400", "--repeat", "1", "--days", "32", "--out", str(out),
-                 "--workdir", str(tmp_path)]) == 0
+                 "--workdir", str(tmp_path), "--appraisal-rows", "500"]) == 0
     result = json.loads((out / "latest-400.json").read_text())
     assert json.loads((out / "latest.json").read_text()) == result
     assert result["source_rows"] == 400
@@ -23,7 +24,18 @@ def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys):
         for peer in ("seeds-pandas", "dlt"):  # a ratio wherever the peer has the step
             if tool == "countysync" and step in TOOL_STEPS[peer]:
                 assert case[f"x_vs_{peer}"] > 0
-    assert "| countysync | incremental |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| countysync | incremental |" in printed
+
+    # the appraisal step: every tool into every database (each run's rows were counted)
+    imported = json.loads((out / "appraisal-latest.json").read_text())
+    assert imported["rows"] == 500 and {"cpu", "versions"} <= set(imported["machine"])
+    assert not imported["skipped"]  # PostgreSQL runs here (conftest starts it)
+    assert {(c["tool"], c["target"]) for c in imported["cases"]} == {
+        (tool, target) for tool in appraisal.TOOLS for target in appraisal.TARGETS}
+    ours = [c for c in imported["cases"] if c["tool"] == "appraisal-countysync"]
+    assert all(c["x_vs_appraisal-per-row"] > 0 and c["peak_rss_mb"] > 0 for c in ours)
+    assert "| appraisal-countysync | postgresql |" in printed
 
 
 def test_report_shows_how_each_case_grows_with_the_table(tmp_path):

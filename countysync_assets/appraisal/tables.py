@@ -20,11 +20,12 @@ again: nothing is written.
 """
 
 import json
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import adbc_driver_sqlite.dbapi as adbc_sqlite
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pv
 from sqlalchemy import (
     BigInteger,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Date,
     Double,
     Engine,
+    Index,
     Integer,
     MetaData,
     String,
@@ -48,6 +50,7 @@ from countysync_assets.resources.district_config import District, Layout
 
 SQL_TYPES = {"text": Text, "integer": BigInteger, "decimal": Double, "date": Date}
 YEAR, IMPORT, REMOVED, REPLACED = "tax_year", "_import_id", "_removed_by", "_replaced_by"
+BUSY_MS = 30_000  # a reader (QGIS, a notebook) holding the SQLite file: wait, do not fail
 
 
 class AppraisalImportError(RuntimeError):
@@ -107,9 +110,11 @@ def define_tables(district: District, schema: str | None) -> MetaData:
               Column(YEAR, Integer), *_layout_columns(layout),
               Column(IMPORT, Integer), Column(REMOVED, Integer),
               Column(REPLACED, Integer, nullable=False, index=True))
+        # the index serves the merge: duplicates found in key order, keys looked up
         Table(f"stage_{member.table}", meta,
-              Column(IMPORT, Integer, nullable=False, index=True),
-              Column(LINE, BigInteger, nullable=False), *_layout_columns(layout))
+              Column(IMPORT, Integer, nullable=False),
+              Column(LINE, BigInteger, nullable=False), *_layout_columns(layout),
+              Index(f"stage_{member.table}_keys", IMPORT, *layout.key, LINE))
     return meta
 
 
@@ -227,26 +232,40 @@ class AppraisalTables:
     def stage(self, import_id: int, year: int, table: str, file: str, batch: Batch,
               done: bool = False) -> None:
         """Stage a batch, its rejects and the file's checkpoint, in one transaction."""
-        with self.engine.begin() as conn:
-            rows = batch.rows.append_column(IMPORT, pa.array([import_id] * len(batch.rows),
-                                                             pa.int32()))
-            self._insert(conn, f"stage_{table}", rows)
-            rejects = batch.rejects
-            n = len(rejects)
-            if n:
-                rejects = rejects.add_column(0, "import_id", pa.array([import_id] * n, pa.int32()))
-                rejects = rejects.add_column(1, YEAR, pa.array([year] * n, pa.int32()))
-                self._insert(conn, "rejects", rejects)
-            points = self._t("import_checkpoints")
-            conn.execute(text(
-                f"INSERT INTO {points} (import_id, file, end_offset, last_line, lines, rows, "
-                "rejects, done) VALUES (:i, :f, :o, :l, :n, :r, :j, :d) "
+        rows = batch.rows.append_column(IMPORT, pa.array([import_id] * len(batch.rows),
+                                                         pa.int32()))
+        rejects = batch.rejects
+        n = len(rejects)
+        if n:
+            rejects = rejects.add_column(0, "import_id", pa.array([import_id] * n, pa.int32()))
+            rejects = rejects.add_column(1, YEAR, pa.array([year] * n, pa.int32()))
+        point = (import_id, file, batch.end_offset, batch.last_line, batch.lines,
+                 len(batch.rows), n, done)
+        if self.postgres:
+            with self.engine.begin() as conn:
+                self._copy(conn, f"stage_{table}", rows)
+                self._copy(conn, "rejects", rejects)
+                conn.exec_driver_sql(self._checkpoint_sql("%s"), point)
+            return
+        with closing(adbc_sqlite.connect(self.engine.url.database)) as conn, \
+                closing(conn.cursor()) as cursor:
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+            for name, data in ((f"stage_{table}", rows), ("rejects", rejects)):
+                if len(data):  # SQLite has no date type: dates are stored as ISO text
+                    cursor.adbc_ingest(name, data.cast(_sqlite_schema(data.schema)),
+                                       mode="append")
+            cursor.execute(self._checkpoint_sql("?"), point)
+            conn.commit()
+
+    def _checkpoint_sql(self, mark: str) -> str:
+        """Record a batch's checkpoint: the file's offset and line, its counts added up."""
+        points = self._t("import_checkpoints")
+        return (f"INSERT INTO {points} (import_id, file, end_offset, last_line, lines, rows, "
+                f"rejects, done) VALUES ({', '.join([mark] * 8)}) "
                 "ON CONFLICT (import_id, file) DO UPDATE SET end_offset = excluded.end_offset, "
                 "last_line = excluded.last_line, done = excluded.done, "
                 f"lines = {points}.lines + excluded.lines, rows = {points}.rows + excluded.rows, "
-                f"rejects = {points}.rejects + excluded.rejects"),
-                {"i": import_id, "f": file, "o": batch.end_offset, "l": batch.last_line,
-                 "n": batch.lines, "r": len(batch.rows), "j": n, "d": done})
+                f"rejects = {points}.rejects + excluded.rejects")
 
     def finish_file(self, import_id: int, file: str) -> None:
         """Mark a file staged to its end (a file with no records gets its checkpoint here)."""
@@ -257,23 +276,16 @@ class AppraisalTables:
                 "ON CONFLICT (import_id, file) DO UPDATE SET done = excluded.done"),
                 {"i": import_id, "f": file, "d": True})
 
-    def _insert(self, conn: Connection, name: str, rows: pa.Table) -> None:
-        """Bulk insert: COPY on PostgreSQL, executemany on SQLite."""
+    def _copy(self, conn: Connection, name: str, rows: pa.Table) -> None:
+        """PostgreSQL's bulk path: the rows as CSV through COPY."""
         if not len(rows):
             return
         columns = ", ".join(self._q(c) for c in rows.column_names)
-        if self.postgres:
-            buffer = pa.BufferOutputStream()
-            pv.write_csv(rows, buffer, pv.WriteOptions(include_header=False))
-            with conn.connection.driver_connection.cursor() as cursor, cursor.copy(
-                    f"COPY {self._t(name)} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getvalue().to_pybytes())
-            return
-        values = [pc.cast(c, pa.string()).to_pylist() if pa.types.is_date(c.type)
-                  else c.to_pylist() for c in rows.columns]
-        marks = ", ".join("?" * len(values))
-        conn.exec_driver_sql(f"INSERT INTO {self._t(name)} ({columns}) VALUES ({marks})",
-                             list(zip(*values, strict=True)))
+        buffer = pa.BufferOutputStream()
+        pv.write_csv(rows, buffer, pv.WriteOptions(include_header=False))
+        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(
+                f"COPY {self._t(name)} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(buffer.getvalue().to_pybytes())
 
     def _clear_stage(self, conn: Connection, import_id: int) -> None:
         for table in {m.table for _, m, _ in self.district.members()}:
@@ -299,36 +311,46 @@ class AppraisalTables:
                      year: int) -> dict[str, int]:
         q = self._q
         cols = [c.name for c in layout.columns]
-        names = ", ".join(q(c) for c in cols)
+        names, keys = ", ".join(q(c) for c in cols), ", ".join(q(k) for k in layout.key)
         target, history, stage = self._t(table), self._t(f"{table}_history"), \
             self._t(f"stage_{table}")
-        latest, changed = q(f"latest_{table}"), q(f"changed_{table}")
+        dups, changed = q(f"duplicates_{table}"), q(f"changed_{table}")
         on = " AND ".join(f"t.{q(k)} = l.{q(k)}" for k in layout.key)
-        listed = " AND ".join(f"{target}.{q(k)} = l.{q(k)}" for k in layout.key)
         params = {"i": import_id, "y": year}
+        every = self._stored(layout)
+        staged = conn.execute(text(f"SELECT count(*) FROM {stage} WHERE {IMPORT} = :i"),
+                              params).scalar_one()
 
-        conn.execute(text(f"DROP TABLE IF EXISTS {latest}"))
-        conn.execute(text(f"DROP TABLE IF EXISTS {changed}"))
+        # per key the last staged record wins: the earlier ones leave the stage as duplicates
+        for temp in (dups, changed):
+            conn.execute(text(f"DROP TABLE IF EXISTS {temp}"))
         conn.execute(text(
-            f"CREATE TEMPORARY TABLE {latest} AS SELECT {names} FROM (SELECT {names}, "
-            f"ROW_NUMBER() OVER (PARTITION BY {', '.join(q(k) for k in layout.key)} "
-            f"ORDER BY {q(LINE)} DESC) AS rn FROM {stage} WHERE {IMPORT} = :i) s WHERE rn = 1"),
-            params)
+            f"CREATE TEMPORARY TABLE {dups} AS SELECT {keys}, max({LINE}) AS last FROM {stage} "
+            f"WHERE {IMPORT} = :i GROUP BY {keys} HAVING count(*) > 1"), params)
+        same_key = " AND ".join(f"d.{q(k)} = {stage}.{q(k)}" for k in layout.key)
+        duplicates = conn.execute(text(
+            f"DELETE FROM {stage} WHERE {IMPORT} = :i AND EXISTS (SELECT 1 FROM {dups} d "
+            f"WHERE {same_key} AND {stage}.{LINE} < d.last)"), params).rowcount
+        conn.execute(text(f"DROP TABLE {dups}"))
+        kept = staged - duplicates
+
+        if conn.execute(text(f"SELECT 1 FROM {target} WHERE {YEAR} = :y LIMIT 1"),
+                        params).first() is None:  # the year's first import: all of it is new
+            conn.execute(text(f"INSERT INTO {target} ({every}) SELECT :y, {names}, :i, NULL "
+                              f"FROM {stage} WHERE {IMPORT} = :i"), params)
+            return {"staged": staged, "duplicates": duplicates, "inserted": kept, "updated": 0,
+                    "unchanged": 0, "removed": 0}
+
         differs = " OR ".join(f"t.{q(c)} IS DISTINCT FROM l.{q(c)}" for c in cols
                               if c not in layout.key)
         conn.execute(text(
-            f"CREATE TEMPORARY TABLE {changed} AS SELECT l.*, t.{q(IMPORT)} IS NOT NULL AS known "
-            f"FROM {latest} l LEFT JOIN {target} t ON t.{YEAR} = :y AND {on} "
-            f"WHERE t.{q(IMPORT)} IS NULL OR t.{REMOVED} IS NOT NULL"
-            + (f" OR {differs}" if differs else "")), params)
-        staged = conn.execute(text(f"SELECT count(*) FROM {stage} WHERE {IMPORT} = :i"),
-                              params).scalar_one()
-        kept = conn.execute(text(f"SELECT count(*) FROM {latest}")).scalar_one()
+            f"CREATE TEMPORARY TABLE {changed} AS SELECT {', '.join(f'l.{q(c)}' for c in cols)}, "
+            f"t.{q(IMPORT)} IS NOT NULL AS known FROM {stage} l LEFT JOIN {target} t "
+            f"ON t.{YEAR} = :y AND {on} WHERE l.{IMPORT} = :i AND (t.{q(IMPORT)} IS NULL "
+            f"OR t.{REMOVED} IS NOT NULL" + (f" OR {differs}" if differs else "") + ")"), params)
         new, updated = conn.execute(text(
             f"SELECT count(*) - count(CASE WHEN known THEN 1 END), "
             f"count(CASE WHEN known THEN 1 END) FROM {changed}")).one()
-
-        every = self._stored(layout)
         t_every = self._stored(layout, alias="t.")
         conn.execute(text(
             f"INSERT INTO {history} ({every}, {REPLACED}) SELECT {t_every}, :i "
@@ -337,19 +359,18 @@ class AppraisalTables:
                             if c not in layout.key)
         conn.execute(text(
             f"INSERT INTO {target} ({every}) SELECT :y, {names}, :i, NULL FROM {changed} "
-            f"WHERE true ON CONFLICT ({YEAR}, {', '.join(q(k) for k in layout.key)}) "
-            f"DO UPDATE SET {updates}"), params)
+            f"WHERE true ON CONFLICT ({YEAR}, {keys}) DO UPDATE SET {updates}"), params)
+        conn.execute(text(f"DROP TABLE {changed}"))
         removed = 0
         if layout.full_release:
+            listed = " AND ".join(f"l.{q(k)} = {target}.{q(k)}" for k in layout.key)
             gone = (f"{YEAR} = :y AND {REMOVED} IS NULL AND {IMPORT} <> :i AND NOT EXISTS "
-                    f"(SELECT 1 FROM {latest} l WHERE {listed})")
+                    f"(SELECT 1 FROM {stage} l WHERE l.{IMPORT} = :i AND {listed})")
             conn.execute(text(f"INSERT INTO {history} ({every}, {REPLACED}) SELECT {every}, :i "
                               f"FROM {target} WHERE {gone}"), params)
             removed = conn.execute(text(f"UPDATE {target} SET {REMOVED} = :i, {IMPORT} = :i "
                                         f"WHERE {gone}"), params).rowcount
-        conn.execute(text(f"DROP TABLE {latest}"))
-        conn.execute(text(f"DROP TABLE {changed}"))
-        return {"staged": staged, "duplicates": staged - kept, "inserted": new,
+        return {"staged": staged, "duplicates": duplicates, "inserted": new,
                 "updated": updated, "unchanged": kept - new - updated, "removed": removed}
 
     def _stored(self, layout: Layout, alias: str = "") -> str:
@@ -382,6 +403,12 @@ class AppraisalTables:
                              {"i": import_id})
             conn.execute(text(f"UPDATE {runs} SET status = 'rolled_back', finished_at = :t "
                               "WHERE import_id = :i"), {"t": _now(), "i": import_id})
+
+
+def _sqlite_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a batch is stored in on SQLite: dates as ISO text."""
+    return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_date(f.type) else f
+                      for f in schema])
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

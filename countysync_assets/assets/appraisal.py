@@ -9,6 +9,8 @@ between stages as files on disk and staged rows, never as a frame through Dagste
 """
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dagster import (
     AssetCheckResult,
@@ -27,10 +29,12 @@ from dagster import (
     multi_asset,
 )
 
-from countysync_assets.appraisal.archives import extract
-from countysync_assets.appraisal.records import read_records
+from countysync_assets.appraisal.archives import ArchiveError, extract
+from countysync_assets.appraisal.records import LayoutMismatch
+from countysync_assets.appraisal.staging import MemberFile, stage_files
+from countysync_assets.appraisal.tables import AppraisalImportError
 from countysync_assets.resources.appraisal_release import AppraisalDatabase, AppraisalRelease
-from countysync_assets.resources.district_config import TABLES, District
+from countysync_assets.resources.district_config import TABLES, District, DistrictConfigError
 from countysync_assets.resources.release_downloader import (
     DownloadError,
     ReleaseDownloader,
@@ -46,12 +50,23 @@ RETRY = RetryPolicy(max_retries=3, delay=60, backoff=Backoff.EXPONENTIAL, jitter
 EXTRACTED_FROM = ".extracted-from.sha256"  # in an extracted folder: the archive's SHA-256
 
 
+@contextmanager
+def _fails_with_its_reason() -> Iterator[None]:
+    """A bad district file, archive or layout fails the step with its own one-line message
+    (what the UI and the CLI show, not a wrapped traceback) and is not retried: trying the
+    same release again cannot help."""
+    try:
+        yield
+    except (DistrictConfigError, ArchiveError, LayoutMismatch, AppraisalImportError) as err:
+        raise Failure(str(err), allow_retries=False) from None
+
+
 def _year(context: AssetExecutionContext, district: District) -> int:
     """The partition's tax year, refused if the district published nothing that year."""
     year = int(context.partition_key)
     if year < district.first_year:
-        raise ValueError(f"{district.name} publishes releases from {district.first_year}; "
-                         f"{year} has none. Choose a later tax year.")
+        raise Failure(f"{district.name} publishes releases from {district.first_year}; "
+                      f"{year} has none. Choose a later tax year.", allow_retries=False)
     return year
 
 
@@ -59,7 +74,8 @@ def _year(context: AssetExecutionContext, district: District) -> int:
        description="The district's release files for the tax year, downloaded and verified.")
 def appraisal_archives(context: AssetExecutionContext, appraisal_release: AppraisalRelease,
                        downloader: ReleaseDownloader) -> MaterializeResult:
-    district = appraisal_release.district()
+    with _fails_with_its_reason():
+        district = appraisal_release.district()
     year = _year(context, district)
     started = time.monotonic()
     try:
@@ -94,7 +110,8 @@ def appraisal_files(context: AssetExecutionContext,
         folder = appraisal_release.extracted(district, file, year)
         marker = folder / EXTRACTED_FROM
         if not (marker.exists() and marker.read_text() == digest):
-            extract(archive, file.kind, file.patterns, folder, appraisal_release.limits())
+            with _fails_with_its_reason():
+                extract(archive, file.kind, file.patterns, folder, appraisal_release.limits())
             marker.write_text(digest)
             extracted += 1
         else:
@@ -119,25 +136,26 @@ def appraisal_parsed(context: AssetExecutionContext, appraisal_release: Appraisa
         return MaterializeResult(metadata={"unchanged_release": True})
     context.log.info(f"{'Resuming' if state.resumed else 'Starting'} import {state.import_id} "
                      f"of {district.name} {year}.")
-    summary = {}
+    pending = []
     for file, member, layout in district.members():
         offset, line, done = tables.checkpoint(state.import_id, member.path)
         if done:
             continue
         if offset:
             context.log.info(f"{member.path}: resuming after line {line:,}.")
-        started, rows, rejects = time.monotonic(), 0, 0
-        path = appraisal_release.extracted(district, file, year) / member.path
-        for batch in read_records(path, layout, file=member.path, offset=offset, line=line,
-                                  block_bytes=appraisal_release.block_bytes):
-            tables.stage(state.import_id, year, member.table, member.path, batch)
-            rows, rejects = rows + len(batch.rows), rejects + len(batch.rejects)
-        tables.finish_file(state.import_id, member.path)
-        seconds = time.monotonic() - started
-        summary[member.path] = {"rows": rows, "rejects": rejects, "seconds": round(seconds, 2),
-                                "rows_per_second": round(rows / max(seconds, 1e-6))}
-        context.log.info(f"{member.path}: {rows:,} records staged, {rejects:,} rejects, "
-                         f"{seconds:.1f} s.")
+        pending.append(MemberFile(appraisal_release.extracted(district, file, year) / member.path,
+                                  member.path, member.table, layout, offset, line))
+    with _fails_with_its_reason():
+        staged = stage_files(tables.engine.url.render_as_string(hide_password=False), district,
+                             state.import_id, year, pending, appraisal_release.block_bytes)
+    summary = {}
+    for name, done in staged.items():
+        tables.finish_file(state.import_id, name)
+        summary[name] = {"rows": done.rows, "rejects": done.rejects,
+                         "seconds": round(done.seconds, 2),
+                         "rows_per_second": round(done.rows / max(done.seconds, 1e-6))}
+        context.log.info(f"{name}: {done.rows:,} records staged, {done.rejects:,} rejects, "
+                         f"{done.seconds:.1f} s.")
     return MaterializeResult(metadata={
         "import_id": state.import_id, "resumed": state.resumed,
         "rows": sum(s["rows"] for s in summary.values()),

@@ -288,9 +288,17 @@ class AppraisalTables:
             copy.write(buffer.getvalue().to_pybytes())
 
     def _clear_stage(self, conn: Connection, import_id: int) -> None:
+        """Remove an import's staged rows. When they are all the table holds (one import at a
+        time, the usual case) the table is emptied whole: TRUNCATE on PostgreSQL, an
+        unqualified DELETE on SQLite (which drops the pages instead of deleting row by row)."""
         for table in {m.table for _, m, _ in self.district.members()}:
-            conn.execute(text(f"DELETE FROM {self._t('stage_' + table)} WHERE {IMPORT} = :i"),
-                         {"i": import_id})
+            stage = self._t("stage_" + table)
+            others = conn.execute(text(f"SELECT 1 FROM {stage} WHERE {IMPORT} <> :i LIMIT 1"),
+                                  {"i": import_id}).first()
+            if others is not None:
+                conn.execute(text(f"DELETE FROM {stage} WHERE {IMPORT} = :i"), {"i": import_id})
+            else:
+                conn.execute(text(f"TRUNCATE {stage}" if self.postgres else f"DELETE FROM {stage}"))
 
     # --- merge and rollback --------------------------------------------------------------
 

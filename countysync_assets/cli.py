@@ -17,14 +17,10 @@ import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from countysync_assets import demo_source
 from countysync_assets.partitions import START_ENV
 from countysync_assets.resources.master_parcels_source import SourceError
-
-if TYPE_CHECKING:  # dagster is imported by the commands that run it, not for --help
-    from dagster._utils.error import SerializableErrorInfo
 
 GO_LIVE_DAYS = 30  # the demo's history before this many days is its baseline
 
@@ -170,6 +166,7 @@ def _appraisal_import(args: argparse.Namespace) -> None:
     from dagster import DagsterInstance, materialize
 
     from countysync_assets.definitions import appraisal_assets, appraisal_resources_from_env
+    from countysync_assets.run_failures import first_reason
 
     resources = appraisal_resources_from_env(args.config)
     district = resources["appraisal_release"].district()
@@ -178,7 +175,7 @@ def _appraisal_import(args: argparse.Namespace) -> None:
                          instance=instance, raise_on_error=False)
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        raise ImportFailed(_reason(failure.step_failure_data.error) if failure else
+        raise ImportFailed(first_reason(failure.step_failure_data.error) if failure else
                            "the run failed; see the run's log in the Dagster UI")
     parsed = result.asset_materializations_for_node("appraisal_parsed")[0].metadata
     print(f"Imported {district.name} {args.year}"
@@ -205,15 +202,6 @@ def _appraisal_rollback(args: argparse.Namespace) -> None:
     tables.rollback(args.import_id)
     print(f"Rolled back import {args.import_id} of {district.name}: its rows are out and the "
           "rows it replaced are back.")
-
-
-def _reason(error: "SerializableErrorInfo") -> str:
-    """The first line of the innermost error a step failed with: our own message, not
-    Dagster's wrapper ("Error occurred while executing op ...") or the class path."""
-    while error.cause is not None:
-        error = error.cause
-    first = error.message.strip().splitlines()[0]
-    return first.split(f"{error.cls_name}: ", 1)[-1] if error.cls_name else first
 
 
 class ImportFailed(RuntimeError):

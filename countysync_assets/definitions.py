@@ -68,7 +68,8 @@ def appraisal_resources_from_env(district_file: str | None = None) -> dict:
 def alert_mailer_from_env() -> AlertMailer:
     """The SMTP relay and recipients of the alerts, from ``COUNTYSYNC_SMTP_*`` and
     ``COUNTYSYNC_ALERT_*`` (README); strings as ``EnvVar``, so the password never shows."""
-    strings = {"host": "COUNTYSYNC_SMTP_HOST", "user": "COUNTYSYNC_SMTP_USER", "password": "COUNTYSYNC_SMTP_PASSWORD",
+    strings = {"host": "COUNTYSYNC_SMTP_HOST", "user": "COUNTYSYNC_SMTP_USER",
+               "password": "COUNTYSYNC_SMTP_PASSWORD",
                "sender": "COUNTYSYNC_ALERT_FROM", "recipients": "COUNTYSYNC_ALERT_TO",
                "ui_url": "COUNTYSYNC_UI_URL"}
     settings: dict = {field: EnvVar(variable) for field, variable in strings.items()

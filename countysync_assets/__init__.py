@@ -3,10 +3,19 @@
 A ``.env`` file in the working directory (or the file ``COUNTYSYNC_ENV_FILE`` names) is loaded
 first, before partitions and resources read their settings; variables already set in the
 environment win over it.
+
+The beta warnings of the Dagster features countysync chose knowingly (dagster-pandas' typed
+frames, an asset's backfill policy) are silenced: repeated in every process and run, they
+buried the log lines a county's staff must read. Other warnings still show.
 """
 
 import os
+import warnings
 
+from dagster import BetaWarning
 from dotenv import find_dotenv, load_dotenv
 
 load_dotenv(os.environ.get("COUNTYSYNC_ENV_FILE") or find_dotenv(usecwd=True))
+warnings.filterwarnings("ignore", category=BetaWarning, message=(
+    r"(Class `PandasColumn`|Function `create_dagster_pandas_dataframe_type`"
+    r"|Parameter `backfill_policy`)"))

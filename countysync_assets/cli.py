@@ -5,6 +5,7 @@
     countysync partition-range        first...last partition, for --partition-range
     countysync outputs                where each output is and what it holds
     countysync status                 last syncs, the watermark, how far behind the source
+    countysync check                  configuration, source, columns, export folder: one line each
     countysync appraisal-demo --accounts N --year Y [--out DIR]   demo release files
     countysync appraisal-import --config hcad.yaml --year Y        download .. load, one run
     countysync appraisal-rollback --config hcad.yaml --import-id N undo the newest import
@@ -17,14 +18,9 @@ import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from countysync_assets import demo_source
-from countysync_assets.partitions import START_ENV
 from countysync_assets.resources.master_parcels_source import SourceError
-
-if TYPE_CHECKING:  # dagster is imported by the commands that run it, not for --help
-    from dagster._utils.error import SerializableErrorInfo
 
 GO_LIVE_DAYS = 30  # the demo's history before this many days is its baseline
 
@@ -47,6 +43,8 @@ def _print_demo(args: argparse.Namespace) -> None:
     print(f"Created demo source {result['url']}: {result['rows']} parcels (seed {result['seed']}),"
           f" updated_at {result['updated_from']} .. {result['updated_to']} UTC.")
     if args.env_file:
+        from countysync_assets.partitions import START_ENV  # reads the settings: not for --help
+
         go_live = (result["updated_to"] - timedelta(days=GO_LIVE_DAYS)).date().isoformat()
         set_env(Path(args.env_file), START_ENV, go_live)
         print(f"Set {START_ENV}={go_live} in {args.env_file}: the first window holds every "
@@ -170,6 +168,7 @@ def _appraisal_import(args: argparse.Namespace) -> None:
     from dagster import DagsterInstance, materialize
 
     from countysync_assets.definitions import appraisal_assets, appraisal_resources_from_env
+    from countysync_assets.run_failures import first_reason
 
     resources = appraisal_resources_from_env(args.config)
     district = resources["appraisal_release"].district()
@@ -178,7 +177,7 @@ def _appraisal_import(args: argparse.Namespace) -> None:
                          instance=instance, raise_on_error=False)
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        raise ImportFailed(_reason(failure.step_failure_data.error) if failure else
+        raise ImportFailed(first_reason(failure.step_failure_data.error) if failure else
                            "the run failed; see the run's log in the Dagster UI")
     parsed = result.asset_materializations_for_node("appraisal_parsed")[0].metadata
     print(f"Imported {district.name} {args.year}"
@@ -207,13 +206,52 @@ def _appraisal_rollback(args: argparse.Namespace) -> None:
           "rows it replaced are back.")
 
 
-def _reason(error: "SerializableErrorInfo") -> str:
-    """The first line of the innermost error a step failed with: our own message, not
-    Dagster's wrapper ("Error occurred while executing op ...") or the class path."""
-    while error.cause is not None:
-        error = error.cause
-    first = error.message.strip().splitlines()[0]
-    return first.split(f"{error.cls_name}: ", 1)[-1] if error.cls_name else first
+def _findings() -> list[tuple[bool, str]]:
+    """(passed, one line) for each thing a sync needs: the configuration as Dagster loads it,
+    the source reachable with its table and columns, the export folder writable, the
+    appraisal district file."""
+    findings = []
+    try:
+        from countysync_assets import definitions  # builds every resource from the environment
+        findings.append((True, "configuration: every COUNTYSYNC_* setting is valid"))
+    except (ValueError, OSError) as err:
+        return [(False, f"configuration: {str(err).strip().splitlines()[0]}")]
+    from countysync_assets.resources.source_config import source_from_env
+
+    source = source_from_env(as_env_vars=False)
+    try:
+        table = source.table_ref()
+        findings.append((True, f"source: {source.display_url()} table {table.name} has "
+                               f"{source.count_all():,} rows and the configured key, "
+                               "last-modified and geometry columns"))
+    except SourceError as err:
+        findings.append((False, f"source: {str(err).strip().splitlines()[0]}"))
+    export = Path(os.environ.get("COUNTYSYNC_EXPORT_DIR") or "exports").resolve()
+    existing = next(p for p in (export, *export.parents) if p.exists())
+    if os.access(existing, os.W_OK | os.X_OK) and existing.is_dir():
+        findings.append((True, f"export folder: {export} is writable"
+                               + ("" if existing == export else " (it will be created)")))
+    else:
+        findings.append((False, f"export folder: {existing} is not a writable folder; set "
+                                "COUNTYSYNC_EXPORT_DIR to one this user can write"))
+    district = definitions.appraisal_resources_from_env()["appraisal_release"]
+    findings.append((True, f"appraisal district file: {district.district_file} "
+                           f"({district.district().name})"))
+    return findings
+
+
+def _check(args: argparse.Namespace) -> None:
+    findings = _findings()
+    for passed, line in findings:
+        print(f"{'ok  ' if passed else 'FAIL'} {line}")
+    failed = sum(not passed for passed, _ in findings)
+    if failed:
+        raise CheckFailed(f"{failed} problem(s) found; mend them and run `countysync check` "
+                          "again.")
+
+
+class CheckFailed(RuntimeError):
+    """Something a sync needs is missing or wrong; the lines above said what."""
 
 
 class ImportFailed(RuntimeError):
@@ -231,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--as-of", help="latest updated_at (ISO date, UTC); default today 00:00")
     demo.add_argument("--days", type=float, default=365,
                       help="spread updated_at over this many days before --as-of")
-    demo.add_argument("--env-file", help=f"also set {START_ENV} in this .env file to "
+    demo.add_argument("--env-file", help="also set COUNTYSYNC_PARTITION_START in this .env file to "
                       f"{GO_LIVE_DAYS} days before the newest row (the demo's go-live date)")
     _add_target(demo)
     demo.set_defaults(run=_print_demo)
@@ -283,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     undo.add_argument("--config", required=True, help="the district file (YAML)")
     undo.add_argument("--import-id", type=int, required=True)
     undo.set_defaults(run=_appraisal_rollback)
+
+    check = commands.add_parser("check", help="check the configuration, the source and its "
+                                "columns, and the export folder: one line each, exit code 2 "
+                                "if anything is wrong")
+    check.set_defaults(run=_check)
 
     args = parser.parse_args(argv)
     try:

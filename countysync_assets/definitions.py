@@ -17,6 +17,7 @@ from countysync_assets.io_managers.export_io_manager import (
     parse_formats,
 )
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
+from countysync_assets.resources.alert_mailer import AlertMailer
 from countysync_assets.resources.appraisal_release import (
     AppraisalDatabase,
     AppraisalRelease,
@@ -29,6 +30,7 @@ from countysync_assets.sensors.appraisal_release_sensor import (
     appraisal_job,
     appraisal_release_sensor,
 )
+from countysync_assets.sensors.run_failure_alert import run_failure_alert
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
 all_assets = load_assets_from_modules([assets])
@@ -63,13 +65,31 @@ def appraisal_resources_from_env(district_file: str | None = None) -> dict:
     }
 
 
+def alert_mailer_from_env() -> AlertMailer:
+    """The SMTP relay and recipients of the alerts, from ``COUNTYSYNC_SMTP_*`` and
+    ``COUNTYSYNC_ALERT_*`` (README); strings as ``EnvVar``, so the password never shows."""
+    strings = {"host": "COUNTYSYNC_SMTP_HOST", "user": "COUNTYSYNC_SMTP_USER",
+               "password": "COUNTYSYNC_SMTP_PASSWORD",
+               "sender": "COUNTYSYNC_ALERT_FROM", "recipients": "COUNTYSYNC_ALERT_TO",
+               "ui_url": "COUNTYSYNC_UI_URL"}
+    settings: dict = {field: EnvVar(variable) for field, variable in strings.items()
+                      if os.environ.get(variable)}
+    if os.environ.get("COUNTYSYNC_SMTP_PORT"):
+        settings["port"] = whole_number("COUNTYSYNC_SMTP_PORT")
+    if tls := os.environ.get("COUNTYSYNC_SMTP_TLS"):  # a choice, not a secret: checked now
+        if tls not in ("none", "starttls", "ssl"):
+            raise ValueError(f"COUNTYSYNC_SMTP_TLS={tls!r} is not one of none, starttls, ssl.")
+        settings["tls"] = tls
+    return AlertMailer(**settings)
+
+
 defs = Definitions(
     assets=[*all_assets, *appraisal_assets],
     jobs=[sync_job, reconcile_deletes_job, appraisal_job],
-    sensors=[source_changes_sensor, appraisal_release_sensor],
+    sensors=[source_changes_sensor, appraisal_release_sensor, run_failure_alert],
     schedules=[nightly_sync_schedule, nightly_delete_check],
     resources={"source": source_from_env(), "io_manager": export_io_manager_from_env(),
-               **appraisal_resources_from_env()},
+               "alert_mailer": alert_mailer_from_env(), **appraisal_resources_from_env()},
     # A sync's steps form a chain (parcel_sync -> use_code_summary; the delete check ->
     # use_code_summary): a process per step would add seconds of start-up and run nothing
     # side by side, so every run executes its steps in the run's own process.

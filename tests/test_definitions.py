@@ -109,6 +109,11 @@ EXAMPLES = {
     "COUNTYSYNC_APPRAISAL_DB_URL": "postgresql+psycopg://postgres@127.0.0.1/appraisal",
     "COUNTYSYNC_APPRAISAL_BLOCK_BYTES": "4194304",
     "COUNTYSYNC_DOWNLOAD_BYTES_PER_SECOND": "5000000",
+    "COUNTYSYNC_SMTP_HOST": "mail.county.local", "COUNTYSYNC_SMTP_PORT": "587",
+    "COUNTYSYNC_SMTP_TLS": "starttls", "COUNTYSYNC_SMTP_USER": "alerts",
+    "COUNTYSYNC_SMTP_PASSWORD": "m@il:pw", "COUNTYSYNC_ALERT_TO": "gis@county.local",
+    "COUNTYSYNC_ALERT_FROM": "countysync@county.local",
+    "COUNTYSYNC_UI_URL": "http://dagster.county.local:3000",
 }
 
 

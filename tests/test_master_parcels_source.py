@@ -195,3 +195,19 @@ def test_repeated_hour_at_the_end_of_dst_does_not_stop_the_sync(demo_url):
     frame = extract(pacific, start, start + timedelta(hours=2))
     assert frame["id"].tolist() == [1]
     assert frame["updated_at"].iloc[0] == pd.Timestamp("2026-11-01 08:30", tz="UTC")  # PDT
+
+
+def test_a_misspelt_sqlite_source_is_named_and_no_file_is_created(tmp_path, demo_url):
+    misspelt = tmp_path / "demo_sorce.sqlite"
+    with pytest.raises(SourceError, match=f"The SQLite source {misspelt} does not exist"):
+        MasterParcelsSource(url=f"sqlite:///{misspelt}").count_all()
+    assert not misspelt.exists()
+
+
+def test_a_sqlite_source_is_opened_read_only(demo_url):
+    source = MasterParcelsSource(url=demo_url)
+    assert source.count_all() == 2_000
+    with pytest.raises(sa.exc.OperationalError, match="readonly"), \
+            source.get_engine().begin() as conn:
+        conn.execute(sa.text('DELETE FROM "MasterParcels"'))
+    assert source.count_all() == 2_000

@@ -221,6 +221,10 @@ class MasterParcelsSource(ConfigurableResource):
             options: dict = {"pool_pre_ping": True}
             if url.get_backend_name() == "mssql":
                 options["fast_executemany"] = True
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                # a source is read, never written: read-only, so no mistake can change it
+                url = url.set(database=f"file:{Path(url.database).resolve()}",
+                              query={**url.query, "mode": "ro", "uri": "true"})
             self._engine = sa.create_engine(url, **options)
             if url.get_backend_name() == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_text_as_is)

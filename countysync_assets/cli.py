@@ -105,6 +105,18 @@ def _print_outputs(args: argparse.Namespace) -> None:
         print(f"  {path.name:<22} whole-county table")
 
 
+def _what_ran(row) -> str:
+    """A sync_log row in words: a sync of windows, a delete check, a summary rebuilt."""
+    if row.asset == "use_code_summary":
+        return f"{'rebuilt':<23} from every parcel: {row.rows_in} use codes"
+    if row.asset == "unplaced_parcels":
+        return f"{'unplaced check':<23} {row.rows_in} source row(s) no window can hold"
+    if not row.partitions:  # the delete check writes no window: it removes parcels
+        return f"{'delete check':<23} {row.deleted} parcel(s) gone from the source removed"
+    return (f"{'sync ' + row.partitions:<23} {row.rows_in:>8} in: {row.inserted} new, "
+            f"{row.updated} updated, {row.unchanged} unchanged, {row.deleted} deleted")
+
+
 def _print_status(args: argparse.Namespace) -> None:
     """The last syncs, the watermark, and how far the outputs are behind the source."""
     import pandas as pd
@@ -123,9 +135,8 @@ def _print_status(args: argparse.Namespace) -> None:
     log = pd.concat(logs).sort_values("logged_at", ascending=False)
     print(f"Last syncs in {root.resolve()} (newest first):")
     for row in log.head(args.last).itertuples():
-        print(f"  {row.logged_at}  {row.asset:<17} {row.partitions or '-':<23} "
-              f"{row.rows_in:>8} in: {row.inserted} new, {row.updated} updated, "
-              f"{row.unchanged} unchanged, {row.deleted} deleted  ({row.seconds:.2f} s)")
+        print(f"  {row.logged_at}  {row.asset:<17} {_what_ran(row)}  ({row.seconds:.2f} s)")
+    from countysync_assets.assets.deleted_parcels import compare_keys
     from countysync_assets.assets.master_parcels import SYNCED
     from countysync_assets.io_managers.export_io_manager import ExportIOManager, parse_formats
     from countysync_assets.sensors.source_changes_sensor import newest_end
@@ -142,12 +153,23 @@ def _print_status(args: argparse.Namespace) -> None:
     newest = source.cursor_bounds(until=newest_end())
     behind = source.count_since(watermark.to_pydatetime() + pd.Timedelta(microseconds=1),
                                 newest_end())
-    if newest is None or behind == 0:
-        print("The outputs are in step with the source: no newer rows there.")
-    else:
+    if behind:
         lag = pd.Timestamp(newest[1]) - watermark
         print(f"The source has {behind} newer row(s), up to {newest[1].isoformat()} "
               f"({lag} behind).")
+    # a cursor never sees a delete: compare the keys the outputs hold with the source's
+    synced, gone, in_source, unsynced = compare_keys(outputs, source)
+    print(f"The outputs hold {len(synced):,} parcels; the source has {in_source:,}.")
+    if len(gone):
+        sample = ", ".join(str(i) for i in gone["id"].head(5))
+        print(f"{len(gone):,} parcel(s) deleted at the source are still published (id "
+              f"{sample}{', ...' if len(gone) > 5 else ''}): run the delete check (job "
+              "reconcile_deletes in the UI; it also runs nightly).")
+    if unsynced:
+        print(f"{unsynced:,} source parcel(s) are in no output: rejected (see parcel_rejects "
+              "in rejects_db.sqlite) or not synced yet.")
+    if not behind and not len(gone) and not unsynced:
+        print("The outputs are in step with the source: the same parcels, no newer rows.")
 
 
 def _appraisal_demo(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from dagster import Definitions, EnvVar, in_process_executor, load_assets_from_m
 from countysync_assets import assets
 from countysync_assets.appraisal.records import BLOCK_BYTES
 from countysync_assets.assets import appraisal
+from countysync_assets.assets.use_code_summary import summary_follows_deletes
 from countysync_assets.io_managers.export_io_manager import (
     PARALLEL_ROWS,
     ExportIOManager,
@@ -86,7 +87,8 @@ def alert_mailer_from_env() -> AlertMailer:
 defs = Definitions(
     assets=[*all_assets, *appraisal_assets],
     jobs=[sync_job, reconcile_deletes_job, appraisal_job],
-    sensors=[source_changes_sensor, appraisal_release_sensor, run_failure_alert],
+    sensors=[source_changes_sensor, appraisal_release_sensor, run_failure_alert,
+             summary_follows_deletes],
     schedules=[nightly_sync_schedule, nightly_delete_check],
     resources={"source": source_from_env(), "io_manager": export_io_manager_from_env(),
                "alert_mailer": alert_mailer_from_env(), **appraisal_resources_from_env()},

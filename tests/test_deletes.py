@@ -77,3 +77,32 @@ def test_an_id_that_comes_back_is_synced_again_and_not_deleted(demo_url, tmp_pat
     reconcile(demo_url, exports, instance)
     assert 11 in ids(exports, "working_db.sqlite", "working")
     assert 11 in set(pyogrio.read_dataframe(exports / "geo_db.gpkg", layer="parcels")["id"])
+
+
+def test_the_summary_follows_a_delete_check_started_on_its_own(demo_url, tmp_path, instance):
+    """README: "select deleted_parcels and Materialize". The summary must not stay stale:
+    the summary's automation requests it once after such a check, and not after a run that
+    rebuilt it already."""
+    from dagster import AssetKey, evaluate_automation_conditions
+
+    from countysync_assets.definitions import defs
+
+    exports = tmp_path / "exports"
+    assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
+    tick = evaluate_automation_conditions(defs, instance)  # the first tick requests nothing
+    assert tick.total_requested == 0
+
+    churn(demo_url, deletes=5, seed=4, now=AS_OF + timedelta(hours=1))
+    reconcile(demo_url, exports, instance)  # deleted_parcels (and unplaced) alone
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert tick.total_requested == 1
+    assert tick.get_num_requested(AssetKey("use_code_summary")) == 1
+
+    churn(demo_url, deletes=3, seed=5, now=AS_OF + timedelta(hours=2))
+    result = materialize(all_assets, instance=instance,
+                         selection=["deleted_parcels", "unplaced_parcels", "use_code_summary"],
+                         resources={"source": MasterParcelsSource(url=demo_url),
+                                    "io_manager": ExportIOManager(export_dir=str(exports))})
+    assert result.success  # reconcile_deletes' selection: the summary rebuilt in the run
+    tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
+    assert tick.total_requested == 0

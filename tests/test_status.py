@@ -22,7 +22,14 @@ def test_status_lists_syncs_watermark_and_lag(demo_url, tmp_path, instance, monk
     assert "working" in out and "2026-05-28...2026-05-31" in out and "2000 new" in out
     assert "in step with the source" in out
 
-    churn(demo_url, updates=12, inserts=3, seed=1, now=AS_OF + timedelta(hours=2))
+    assert "The outputs hold 2,000 parcels; the source has 2,000." in out
+
+    churn(demo_url, updates=12, inserts=3, deletes=5, seed=1, now=AS_OF + timedelta(hours=2))
     assert main(["status", "--export-dir", str(exports)]) == 0
     out = capsys.readouterr().out
     assert "The source has 15 newer row(s), up to 2026-06-01T01:59:59" in out  # churn: last second
+    # a cursor never sees a delete: the status must (it said "in step" here before)
+    assert "The outputs hold 2,000 parcels; the source has 1,998." in out
+    assert "5 parcel(s) deleted at the source are still published" in out
+    assert "3 source parcel(s) are in no output" in out
+    assert "in step" not in out

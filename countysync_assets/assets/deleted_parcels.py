@@ -80,6 +80,19 @@ def synced_rows(io_manager: ExportIOManager) -> pd.DataFrame:
     return rows.sort_values("updated_at").drop_duplicates("id", keep="last")
 
 
+def compare_keys(io_manager: ExportIOManager, source: MasterParcelsSource
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """(synced rows, synced rows gone from the source, parcels in the source, source parcels
+    no output holds), keys only, streamed. The synced ids are read before the source is
+    scanned, so a parcel synced in between is never mistaken for a deleted one."""
+    synced = synced_rows(io_manager)
+    # a Series, not an array: a key column with a stray text key stays comparable
+    kept = pd.concat([pd.Series(batch) for batch in source.iter_keys()]
+                     or [pd.Series([], dtype="int64")], ignore_index=True)
+    gone = synced[~synced["id"].isin(kept)]
+    return synced, gone, len(kept), int((~kept.isin(synced["id"])).sum())
+
+
 def parcel_numbers(io_manager: ExportIOManager, ids: pd.Series) -> pd.Series:
     """The parcel number each output holds for ``ids`` (the few that are gone), by id."""
     found = []
@@ -178,14 +191,7 @@ def check_share(context: AssetExecutionContext, config: DeleteCheckConfig, gone:
 )
 def deleted_parcels(context: AssetExecutionContext, config: DeleteCheckConfig,
                     source: MasterParcelsSource, io_manager: ResourceParam[ExportIOManager]):
-    # The synced ids are read before the source is scanned, so a parcel synced in between is
-    # never mistaken for a deleted one.
-    synced = synced_rows(io_manager)
-    # a Series, not an array: a key column with a stray text key stays comparable
-    kept = pd.concat([pd.Series(batch) for batch in source.iter_keys()]
-                     or [pd.Series([], dtype="int64")], ignore_index=True)
-    gone, source_parcels = synced[~synced["id"].isin(kept)], len(kept)
-    del kept
+    synced, gone, source_parcels, _ = compare_keys(io_manager, source)
     check_share(context, config, len(gone), len(synced))
     tombstones = gone.assign(parcel_id=gone["id"].map(parcel_numbers(io_manager, gone["id"])),
                              deleted_at=pd.Timestamp(datetime.now(UTC)).as_unit("us"))

@@ -1,7 +1,16 @@
 """``use_code_summary``: parcels, acres and assessed value per land use code, county-wide."""
 
 import pandas as pd
-from dagster import AssetIn, BackfillPolicy, Output, asset
+from dagster import (
+    AssetIn,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    BackfillPolicy,
+    DefaultSensorStatus,
+    Output,
+    asset,
+)
 
 from countysync_assets.assets.asset_metadata import GROUP, storage_metadata
 
@@ -13,12 +22,22 @@ COLUMNS = {
 }
 
 
+# A delete check started on its own (deleted_parcels materialized alone in the UI) changes the
+# totals: the summary follows it. A run that rebuilt the summary after the check (the sync,
+# reconcile_deletes) has handled it already: the same tick's update resets the condition.
+FOLLOWS_DELETES = (AutomationCondition.any_deps_updated()
+                   .allow(AssetSelection.assets("deleted_parcels")).since_last_handled()
+                   & ~AutomationCondition.in_progress()
+                   & ~AutomationCondition.any_deps_in_progress())
+
+
 @asset(
     # totalled by SQLite where stats are stored: memory and time stay flat as the county grows
     ins={"stats": AssetIn(metadata={"aggregate": {"by": "use_code", "values": {
         "parcel_count": ["count", "*"], "total_acres": ["sum", "acres"],
         "total_assessed_value": ["sum", "assessed_value"]}}})},
     deps=["deleted_parcels"],  # deletes change the totals too
+    automation_condition=FOLLOWS_DELETES,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"pandas", "sqlite", "csv"},
@@ -37,3 +56,10 @@ def use_code_summary(stats: pd.DataFrame) -> Output[pd.DataFrame]:
         "parcels": int(summary["parcel_count"].sum()),
         "total_assessed_value": int(summary["total_assessed_value"].sum()),
     })
+
+
+# RUNNING: a summary that silently disagrees with the parcels is what a county notices first
+summary_follows_deletes = AutomationConditionSensorDefinition(
+    "use_code_summary_follows_deletes", target=AssetSelection.assets("use_code_summary"),
+    default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+    description="Rebuilds use_code_summary after a delete check that did not rebuild it.")

@@ -99,8 +99,9 @@ def _print_outputs(args: argparse.Namespace) -> None:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
         kinds = sorted({f.suffix for f in files})
-        print(f"  {folder.name + '/':<22} {len(files)} files ({', '.join(kinds)}), one per "
-              "partition: the rows changed in that window")
+        windows = len({f.name.removesuffix("".join(f.suffixes)) for f in files})
+        print(f"  {folder.name + '/':<22} {len(files)} files: {windows} sync window(s), one "
+              f"{' and one '.join(kinds)} file each, holding the rows changed in that window")
     for path in sorted(root.glob("*.csv")):
         print(f"  {path.name:<22} whole-county table")
 

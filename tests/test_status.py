@@ -23,6 +23,10 @@ def test_status_lists_syncs_watermark_and_lag(demo_url, tmp_path, instance, monk
     assert "in step with the source" in out
 
     assert "The outputs hold 2,000 parcels; the source has 2,000." in out
+    assert main(["outputs", "--export-dir", str(exports)]) == 0
+    listed = capsys.readouterr().out  # the per-window files: a .csv and a .json per window
+    assert "working/               8 files: 4 sync window(s), one .csv and one .json file each" \
+        in listed, listed
 
     churn(demo_url, updates=12, inserts=3, deletes=5, seed=1, now=AS_OF + timedelta(hours=2))
     assert main(["status", "--export-dir", str(exports)]) == 0

@@ -1,0 +1,84 @@
+"""The production instance (deploy/dagster.production.yaml) on the real PostgreSQL server: runs,
+events and schedules stored there, runs queued and started by a real ``dagster-daemon``, and
+two syncs submitted together run one after the other (the tag concurrency limit), never
+writing the outputs at the same time."""
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AS_OF, clean_env
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from countysync_assets.demo_source import create_demo_source
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DAYS = ("2026-05-28", "2026-05-29")
+
+
+@pytest.fixture
+def production(tmp_path, pg_database_url, monkeypatch):
+    """DAGSTER_HOME with the production dagster.yaml, its storage a fresh PostgreSQL
+    database, a demo source; and a real daemon, stopped afterwards."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.production.yaml", home / "dagster.yaml")
+    source = tmp_path / "demo.sqlite"
+    create_demo_source(f"sqlite:///{source}", rows=400, seed=3, as_of=AS_OF, days=4)
+    # dagster-postgres is written for psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)
+    instance_url = pg_database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    env = clean_env(DAGSTER_HOME=str(home), COUNTYSYNC_DAGSTER_PG_URL=instance_url,
+                    COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
+                    COUNTYSYNC_EXPORT_DIR=str(tmp_path / "exports"),
+                    COUNTYSYNC_PARTITION_START="2026-05-28")
+    monkeypatch.setenv("COUNTYSYNC_DAGSTER_PG_URL", instance_url)
+    DagsterInstance.from_config(str(home)).dispose()  # the schema, before two processes race
+    with open(tmp_path / "daemon.log", "w") as log:
+        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w",
+                                   str(ROOT / "workspace.yaml")], cwd=tmp_path, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield home, env, tmp_path
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+
+
+def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):
+    home, env, workdir = production
+    for day in DAYS:
+        launched = subprocess.run(
+            [str(BIN / "dagster"), "job", "launch", "-w", str(ROOT / "workspace.yaml"),
+             "-j", "sync_parcels", "--tags", f'{{"dagster/partition": "{day}"}}'],
+            cwd=workdir, env=env, capture_output=True, text=True, timeout=180)
+        assert launched.returncode == 0, launched.stderr[-2000:]
+    instance = DagsterInstance.from_config(str(home))
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # ours, and the change sensor's own catch-up runs
+        runs = instance.get_runs(RunsFilter(job_name="sync_parcels"))
+        ours = [r for r in runs if "dagster/sensor_name" not in r.tags]
+        if len(ours) == 2 and all(r.is_finished for r in runs):
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError("the daemon did not run the syncs in 5 minutes: "
+                             + (workdir / "daemon.log").read_text()[-3000:])
+    assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}
+    assert all(r.tags["countysync/writes"] == "exports" for r in runs)
+    records = sorted(instance.get_run_records(RunsFilter(job_name="sync_parcels")),
+                     key=lambda record: record.start_time)
+    for before, after in itertools.pairwise(records):
+        assert before.end_time <= after.start_time, "two syncs ran at the same time"
+    assert (workdir / "exports" / "working_db.sqlite").exists()
+    instance.dispose()

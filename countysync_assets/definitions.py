@@ -5,11 +5,17 @@ Configuration comes from the environment and ``.env`` (see README, "Configuratio
 
 import os
 
-from dagster import Definitions, EnvVar, in_process_executor, load_assets_from_modules
+from dagster import (
+    Definitions,
+    EnvVar,
+    in_process_executor,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from countysync_assets import assets
 from countysync_assets.appraisal.records import BLOCK_BYTES
-from countysync_assets.assets import appraisal
+from countysync_assets.assets import appraisal, output_checks
 from countysync_assets.assets.use_code_summary import summary_follows_deletes
 from countysync_assets.io_managers.export_io_manager import (
     PARALLEL_ROWS,
@@ -86,6 +92,7 @@ def alert_mailer_from_env() -> AlertMailer:
 
 defs = Definitions(
     assets=[*all_assets, *appraisal_assets],
+    asset_checks=load_asset_checks_from_modules([output_checks]),
     jobs=[sync_job, reconcile_deletes_job, appraisal_job],
     sensors=[source_changes_sensor, appraisal_release_sensor, run_failure_alert,
              summary_follows_deletes],

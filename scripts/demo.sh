@@ -14,10 +14,17 @@ mkdir -p "$DAGSTER_HOME"
   cat "$DAGSTER_HOME/instance-migrate.log"; exit 1; }
 .venv/bin/countysync demo-source --rows "${ROWS:-50000}" --env-file .env
 range=$(.venv/bin/countysync partition-range)
-echo "Materializing every asset for partitions $range in one run ..."
+log="$DAGSTER_HOME/last-demo-run.log"
+echo "Materializing every asset for partitions $range in one run (log: $log) ..."
+# the run's own progress lines (rows read, outputs written), the rest only in the log
+set +e
 .venv/bin/dagster asset materialize -m countysync_assets.definitions --select 'group:parcels' \
-  --partition-range "$range" > "$DAGSTER_HOME/last-demo-run.log" 2>&1 || {
-  tail -n 40 "$DAGSTER_HOME/last-demo-run.log"; exit 1; }
+  --partition-range "$range" 2>&1 | tee "$log" |
+  { grep --line-buffered -E " - INFO - " | grep --line-buffered -v "dagster.code_server" |
+    sed -u -E 's/^.* - INFO - [^ ]+ - [^ ]+ - /  /' || true; }
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" -eq 0 ] || { tail -n 40 "$log"; echo "The sync failed; its log: $log" >&2; exit 1; }
 .venv/bin/countysync outputs
 # the second pipeline: appraisal-district bulk files (demo HCAD-format ZIPs, read via file://)
 year=$(date -u +%Y)

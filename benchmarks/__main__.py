@@ -197,13 +197,14 @@ def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],
             "churn": changes | {"updated_at": str(changes["updated_at"])}, "cases": cases}
 
 
-def profile_size(rows: int, root: Path, out: Path, days: float = 365) -> list[Path]:
+def profile_size(rows: int, root: Path, out: Path, days: float = 365,
+                 steps: tuple[str, ...] = TOOL_STEPS["countysync"]) -> list[Path]:
     """Each countysync step once under pyinstrument, on the benchmark's data: where the time
     goes, as text reports ``out/profiles/<rows>-<step>.txt`` (times there are the profiler's,
     not the benchmark's)."""
     plan, _ = prepare(rows, root, days)
     reports = []
-    for step in TOOL_STEPS["countysync"]:
+    for step in steps:  # in the benchmark's order: the incremental steps start from full's
         report = out / "profiles" / f"{rows}-{step}.txt"
         run_step("countysync", step, plan, root, 0, profile=report)
         reports.append(report)
@@ -274,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--report", action="store_true",
                         help="only print the tables of the latest results in --out")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                        help="with --profile: the countysync steps to profile (the incremental "
+                        "steps need full before them)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing, profile each countysync step once with "
                         "pyinstrument: reports in --out/profiles/")
@@ -287,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
             for rows in sorted(args.sizes):
-                for path in profile_size(rows, Path(scratch) / str(rows), args.out, args.days):
+                steps = tuple(step for step in STEPS if step in args.steps)
+                for path in profile_size(rows, Path(scratch) / str(rows), args.out, args.days,
+                                         steps):
                     print(path)
         return 0
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

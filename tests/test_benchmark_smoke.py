@@ -52,11 +52,12 @@ def test_report_shows_how_each_case_grows_with_the_table(tmp_path):
     assert "| countysync | incremental | 2.00 → 3.00 | 1.5x | 300 → 310 |" in report(tmp_path)
 
 
-def test_profile_writes_a_report_for_every_countysync_step(tmp_path):
+def test_profile_writes_a_report_for_each_step_asked(tmp_path):
     out = tmp_path / "results"
     assert main(["--profile", "--sizes", "300", "--days", "8", "--out", str(out),
-                 "--workdir", str(tmp_path)]) == 0
-    for step in TOOL_STEPS["countysync"]:
+                 "--workdir", str(tmp_path), "--steps", "incremental", "full"]) == 0
+    for step in ("full", "incremental"):
         text = (out / "profiles" / f"300-{step}.txt").read_text()
         assert "benchmarks.case" in text and "case_countysync.py" in text, text[:500]
+    assert not (out / "profiles" / "300-backfill.txt").exists()  # not asked for
     assert not list(out.glob("*.json"))  # profiling is not a result

@@ -26,6 +26,11 @@ def test_sqlite_source_every_output_matches_and_rerun_changes_nothing(demo_url, 
     result = materialize_range(source, exports, instance)
     assert result.success
     assert_outputs_match_source(demo_url, exports, KEYS)
+    # what the run wrote, as the UI shows it: the first rows as a table, no geometry bytes
+    for asset in ("working", "parcel_geometry"):
+        table = materialization_metadata(instance, asset)[0]["preview"].value.splitlines()
+        assert len(table) == 2 + 5 and "| parcel_id" in table[0].replace("|   ", "| ")
+        assert "b'" not in "".join(table) and "geometry" not in table[0]
 
     before = snapshot(exports)
     assert materialize_range(source, exports, instance).success

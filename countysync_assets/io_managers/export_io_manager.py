@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext, get_dagster_logger
+from dagster import (
+    ConfigurableIOManager,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    get_dagster_logger,
+)
 from pydantic import Field
 
 from countysync_assets.io_managers.csv_io_manager import CsvIOManager
@@ -59,6 +65,14 @@ FORMAT_MANAGERS: dict[str, type[FormatIOManager]] = {
 LOADABLE = ("sqlite", "gpkg")
 GEO_FORMATS = ("gpkg", "geojson")
 PARALLEL_ROWS = 100_000
+PREVIEW_ROWS = 5  # rows of what a run wrote, shown in its materialization's metadata
+
+
+def preview(rows: pd.DataFrame) -> str:
+    """The rows as a markdown table for the UI: text columns, no geometry or bytes."""
+    shown = rows[[c for c in rows.columns if c != "geometry"
+                  and not rows[c].map(lambda v: isinstance(v, bytes)).any()]]
+    return shown.to_markdown(index=False)
 
 
 def parse_formats(text: str | None) -> dict[str, list[str]]:
@@ -139,6 +153,7 @@ class OutputSet:
         self.writers: dict[str, list[tuple[str, BatchWriter]]] = {}
         self.removers: dict[tuple[str, str], RemovalWriter] = {}
         self.staged: list[StagedWrite] = []
+        self.previews: dict[str, pd.DataFrame] = {}  # each output's first rows of the run
         if any(target.metadata.get(FIRST_WRITE) for target in targets):
             self.files.check_writable(manager.databases(only))
         try:
@@ -158,6 +173,8 @@ class OutputSet:
     def write(self, name: str, frame: pd.DataFrame) -> None:
         """One batch of output ``name``: it removes what it supersedes elsewhere, and goes to
         every format of the output."""
+        if name not in self.previews and len(frame):
+            self.previews[name] = frame.head(PREVIEW_ROWS)
         try:
             for other, metadata, tombstones in removal_targets(self.targets[name].metadata):
                 stores = [fmt for fmt in chosen_formats(self.manager, other, metadata, self.only)
@@ -185,6 +202,8 @@ class OutputSet:
         try:
             for name, writers in self.writers.items():  # the layers before the removals
                 metadata[name] = {"formats": ", ".join(self.formats(name))}
+                if name in self.previews:
+                    metadata[name]["preview"] = MetadataValue.md(preview(self.previews[name]))
                 for _, writer in writers:
                     self.staged.append(writer.finish())
                     metadata[name].update(self.staged[-1].metadata)

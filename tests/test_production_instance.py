@@ -5,7 +5,6 @@ writing the outputs at the same time."""
 
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,9 @@ def production(tmp_path, pg_database_url, monkeypatch):
     database, a demo source; and a real daemon, stopped afterwards."""
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(ROOT / "deploy" / "dagster.production.yaml", home / "dagster.yaml")
+    # as deployed, but the log file in this test's folder (production: /var/log/countysync/)
+    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.production.yaml").read_text()
+                                       .replace("/var/log/countysync/", f"{tmp_path}/"))
     source = tmp_path / "demo.sqlite"
     create_demo_source(f"sqlite:///{source}", rows=400, seed=3, as_of=AS_OF, days=4)
     # dagster-postgres is written for psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)
@@ -74,11 +75,15 @@ def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):
     else:
         raise AssertionError("the daemon did not run the syncs in 5 minutes: "
                              + (workdir / "daemon.log").read_text()[-3000:])
-    assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}
+    failed = [e.message for r in runs if r.status != DagsterRunStatus.SUCCESS
+              for e in instance.all_logs(r.run_id) if (e.is_dagster_event and e.dagster_event
+              .is_step_failure) or (e.level >= 40 and e.message)]
+    assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}, failed[:5]
     assert all(r.tags["countysync/writes"] == "exports" for r in runs)
     records = sorted(instance.get_run_records(RunsFilter(job_name="sync_parcels")),
                      key=lambda record: record.start_time)
     for before, after in itertools.pairwise(records):
         assert before.end_time <= after.start_time, "two syncs ran at the same time"
     assert (workdir / "exports" / "working_db.sqlite").exists()
+    assert "parcel_sync" in (workdir / "countysync.log").read_text()  # the runs' file log
     instance.dispose()

@@ -159,7 +159,9 @@ def _print_status(args: argparse.Namespace) -> None:
         print(f"The source has {behind} newer row(s), up to {newest[1].isoformat()} "
               f"({lag} behind).")
     # a cursor never sees a delete: compare the keys the outputs hold with the source's
-    synced, gone, in_source, unsynced = compare_keys(outputs, source)
+    synced, kept = compare_keys(outputs, source)
+    gone, in_source = synced[~synced["id"].isin(kept)], len(kept)
+    unsynced = int((~kept.isin(synced["id"])).sum())
     print(f"The outputs hold {len(synced):,} parcels; the source has {in_source:,}.")
     if len(gone):
         sample = ", ".join(str(i) for i in gone["id"].head(5))

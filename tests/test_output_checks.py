@@ -13,12 +13,12 @@ from countysync_assets.definitions import all_assets
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
-CHECKS = [output_checks.outputs_agree, output_checks.parcel_id_present]
+CHECKS = [output_checks.published_parcels_checks]
 
 
 def run_checks(url, exports, instance) -> dict:
     result = materialize([*all_assets, *CHECKS], instance=instance,
-                         selection=AssetSelection.checks(*CHECKS),
+                         selection=AssetSelection.checks_for_assets("working"),
                          resources={"source": MasterParcelsSource(url=url),
                                     "io_manager": ExportIOManager(export_dir=str(exports))},
                          raise_on_error=False)

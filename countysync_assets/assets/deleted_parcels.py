@@ -81,16 +81,15 @@ def synced_rows(io_manager: ExportIOManager) -> pd.DataFrame:
 
 
 def compare_keys(io_manager: ExportIOManager, source: MasterParcelsSource
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
-    """(synced rows, synced rows gone from the source, parcels in the source, source parcels
-    no output holds), keys only, streamed. The synced ids are read before the source is
-    scanned, so a parcel synced in between is never mistaken for a deleted one."""
+                 ) -> tuple[pd.DataFrame, pd.Series]:
+    """(id and updated_at of every synced row, every id the source has), keys only, streamed.
+    The synced ids are read before the source is scanned, so a parcel synced in between is
+    never mistaken for a deleted one."""
     synced = synced_rows(io_manager)
     # a Series, not an array: a key column with a stray text key stays comparable
     kept = pd.concat([pd.Series(batch) for batch in source.iter_keys()]
                      or [pd.Series([], dtype="int64")], ignore_index=True)
-    gone = synced[~synced["id"].isin(kept)]
-    return synced, gone, len(kept), int((~kept.isin(synced["id"])).sum())
+    return synced, kept
 
 
 def parcel_numbers(io_manager: ExportIOManager, ids: pd.Series) -> pd.Series:
@@ -191,7 +190,9 @@ def check_share(context: AssetExecutionContext, config: DeleteCheckConfig, gone:
 )
 def deleted_parcels(context: AssetExecutionContext, config: DeleteCheckConfig,
                     source: MasterParcelsSource, io_manager: ResourceParam[ExportIOManager]):
-    synced, gone, source_parcels, _ = compare_keys(io_manager, source)
+    synced, kept = compare_keys(io_manager, source)
+    gone, source_parcels = synced[~synced["id"].isin(kept)], len(kept)
+    del kept
     check_share(context, config, len(gone), len(synced))
     tombstones = gone.assign(parcel_id=gone["id"].map(parcel_numbers(io_manager, gone["id"])),
                              deleted_at=pd.Timestamp(datetime.now(UTC)).as_unit("us"))

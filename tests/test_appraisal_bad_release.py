@@ -40,7 +40,7 @@ def county(tmp_path_factory):
         patch.delenv("DAGSTER_HOME", raising=False)
         assert main(["appraisal-import", "--config", str(district_file), "--year", str(YEAR)]) == 0
         db = AppraisalDatabase(export_dir=env["COUNTYSYNC_EXPORT_DIR"])
-        yield server, good, district_file, db.tables(load_district(district_file)), patch
+        yield server, good, district_file, db.tables(load_district(district_file))
     server.stop()
 
 
@@ -56,7 +56,7 @@ def snapshot(tables) -> dict[str, list]:
     ("bomb", "expands more than 200:1"),
 ])
 def test_a_bad_release_fails_with_one_line_and_changes_nothing(county, capsys, bad, says):
-    server, good, district_file, tables, _ = county
+    server, good, district_file, tables = county
     before = snapshot(tables)
     assert len(before["property_records"]) == 400
     body = good["Real_acct_owner.zip"]

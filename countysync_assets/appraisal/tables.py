@@ -229,9 +229,11 @@ class AppraisalTables:
                 "WHERE import_id = :i AND file = :f"), {"i": import_id, "f": file}).first()
         return (row[0], row[1], bool(row[2])) if row else (0, 0, False)
 
-    def stage(self, import_id: int, year: int, table: str, file: str, batch: Batch,
-              done: bool = False) -> None:
-        """Stage a batch, its rejects and the file's checkpoint, in one transaction."""
+    def stage(self, import_id: int, year: int, table: str, file: str, batch: Batch) -> None:
+        """Stage a batch, its rejects and the file's checkpoint, in one transaction (the file
+        is marked done by ``finish_file``). On SQLite this writes through ADBC's own SQLite
+        library: call it only in the staging process (``staging.stage_files``), never in a
+        process that also opens the file with Python's sqlite3."""
         rows = batch.rows.append_column(IMPORT, pa.array([import_id] * len(batch.rows),
                                                          pa.int32()))
         rejects = batch.rejects
@@ -240,7 +242,7 @@ class AppraisalTables:
             rejects = rejects.add_column(0, "import_id", pa.array([import_id] * n, pa.int32()))
             rejects = rejects.add_column(1, YEAR, pa.array([year] * n, pa.int32()))
         point = (import_id, file, batch.end_offset, batch.last_line, batch.lines,
-                 len(batch.rows), n, done)
+                 len(batch.rows), n, False)
         if self.postgres:
             with self.engine.begin() as conn:
                 self._copy(conn, f"stage_{table}", rows)

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     span = commands.add_parser(
         "partition-range", help="print first...last partition holding source rows, for "
-        "`dagster asset materialize --partition-range`")
+        "`dg launch --partition-range`")
     span.add_argument("--all", action="store_true", help="every partition, data or not")
     span.set_defaults(run=_print_partition_range)
 

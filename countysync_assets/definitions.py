@@ -8,6 +8,7 @@ import os
 from dagster import (
     Definitions,
     EnvVar,
+    ExecutorDefinition,
     in_process_executor,
     load_asset_checks_from_modules,
     load_assets_from_modules,
@@ -16,6 +17,7 @@ from dagster import (
 from countysync_assets import assets
 from countysync_assets.appraisal.records import BLOCK_BYTES
 from countysync_assets.assets import appraisal, output_checks
+from countysync_assets.assets.sync_status_map import status_map_follows_syncs
 from countysync_assets.assets.use_code_summary import summary_follows_deletes
 from countysync_assets.io_managers.export_io_manager import (
     PARALLEL_ROWS,
@@ -41,6 +43,7 @@ from countysync_assets.sensors.run_failure_alert import run_failure_alert
 from countysync_assets.sensors.source_changes_sensor import source_changes_sensor
 
 all_assets = load_assets_from_modules([assets])
+all_checks = load_asset_checks_from_modules([output_checks])
 appraisal_assets = load_assets_from_modules([appraisal])
 
 
@@ -72,6 +75,28 @@ def appraisal_resources_from_env(district_file: str | None = None) -> dict:
     }
 
 
+def executor_from_env() -> ExecutorDefinition:
+    """Where a run's steps execute: in the run's own process, or, with
+    ``COUNTYSYNC_CELERY_BROKER`` set, as Celery tasks that ``dagster-celery worker`` processes
+    on this or other machines pick up (README, "Scaling out"). The broker and backend URLs
+    are read as environment variables when a run starts, so a password in them is never
+    stored with the run."""
+    if not os.environ.get("COUNTYSYNC_CELERY_BROKER"):
+        # A sync's steps form a chain (parcel_sync -> use_code_summary; the delete check ->
+        # use_code_summary): a process per step would add seconds of start-up and run
+        # nothing side by side, so a run executes its steps in its own process.
+        return in_process_executor
+    from dagster_celery import celery_executor  # Celery's import: only where it is chosen
+
+    config: dict = {"broker": {"env": "COUNTYSYNC_CELERY_BROKER"},
+                    # workers started with -q <queue> take countysync's steps, no one else's
+                    "config_source": {"task_default_queue":
+                                      os.environ.get("COUNTYSYNC_CELERY_QUEUE") or "countysync"}}
+    if os.environ.get("COUNTYSYNC_CELERY_BACKEND"):
+        config["backend"] = {"env": "COUNTYSYNC_CELERY_BACKEND"}
+    return celery_executor.configured(config, name="countysync_celery_executor")
+
+
 def alert_mailer_from_env() -> AlertMailer:
     """The SMTP relay and recipients of the alerts, from ``COUNTYSYNC_SMTP_*`` and
     ``COUNTYSYNC_ALERT_*`` (README); strings as ``EnvVar``, so the password never shows."""
@@ -92,15 +117,12 @@ def alert_mailer_from_env() -> AlertMailer:
 
 defs = Definitions(
     assets=[*all_assets, *appraisal_assets],
-    asset_checks=load_asset_checks_from_modules([output_checks]),
+    asset_checks=all_checks,
     jobs=[sync_job, reconcile_deletes_job, appraisal_job],
     sensors=[source_changes_sensor, appraisal_release_sensor, run_failure_alert,
-             summary_follows_deletes],
+             summary_follows_deletes, status_map_follows_syncs],
     schedules=[nightly_sync_schedule, nightly_delete_check],
     resources={"source": source_from_env(), "io_manager": export_io_manager_from_env(),
                "alert_mailer": alert_mailer_from_env(), **appraisal_resources_from_env()},
-    # A sync's steps form a chain (parcel_sync -> use_code_summary; the delete check ->
-    # use_code_summary): a process per step would add seconds of start-up and run nothing
-    # side by side, so every run executes its steps in the run's own process.
-    executor=in_process_executor,
+    executor=executor_from_env(),
 )

@@ -18,7 +18,7 @@ log="$DAGSTER_HOME/last-demo-run.log"
 echo "Materializing every asset for partitions $range in one run (log: $log) ..."
 # the run's own progress lines (rows read, outputs written), the rest only in the log
 set +e
-.venv/bin/dagster asset materialize -m countysync_assets.definitions --select 'group:parcels' \
+.venv/bin/dg launch -m countysync_assets.definitions --assets 'group:parcels' \
   --partition-range "$range" 2>&1 | tee "$log" |
   { grep --line-buffered -E " - INFO - " | grep --line-buffered -v "dagster.code_server" |
     sed -u -E 's/^.* - INFO - [^ ]+ - [^ ]+ - /  /' || true; }

@@ -9,4 +9,6 @@ if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; 
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
 fi
 .venv/bin/ruff check .
-.venv/bin/pytest "$@"
+# Three workers on two cores: many tests wait on subprocesses (dagster dev, daemons, killed
+# runs). Tests of one xdist_group share a worker, so one `dagster dev` serves its module.
+.venv/bin/pytest -n "${COUNTYSYNC_TEST_WORKERS:-3}" --dist loadgroup "$@"

@@ -2,8 +2,12 @@
 instance, and a helper that materializes a partition range the way the README does."""
 
 import os
+import signal
+import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +55,48 @@ def skip_or_fail_in_ci(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI must run every test)")
     pytest.skip(reason)
+
+
+def stop_process_group(process: subprocess.Popen, seconds: float = 60) -> None:
+    """Stop a server a test started in its own process group (``start_new_session``): TERM,
+    so it shuts down cleanly, then KILL if it has not within ``seconds``."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextmanager
+def browser_page() -> Iterator:
+    """A page in Debian's headless Chromium, driven by Playwright, as a person sees it. Waits
+    are generous (two minutes): a busy machine renders slowly, a test must not fail on it."""
+    if not Path(CHROMIUM).exists():
+        skip_or_fail_in_ci("Chromium is not installed (Debian package chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=120_000)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(120_000)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests keep what a person should look at afterwards (browser screenshots):
+    ``test-artifacts/`` in the checkout, or ``COUNTYSYNC_TEST_ARTIFACTS``; CI keeps it."""
+    folder = Path(os.environ.get("COUNTYSYNC_TEST_ARTIFACTS")
+                  or Path(__file__).resolve().parent.parent / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -92,7 +93,9 @@ def test_bandwidth_limit_and_parallel_downloads(server, tmp_path):
     server.files["/b.zip"] = Served(BODY[200_000:400_000])
     limited = ReleaseDownloader(bandwidth_limit=1_000_000, parallel=2)
     jobs = [(n, server.url(f"/{n}.zip"), tmp_path / f"{n}.zip", None) for n in ("a", "b")]
+    started = time.monotonic()
     results = limited.fetch_all(jobs, lambda _: None)
     assert [r.bytes for r in results] == [200_000, 200_000]
-    # 400,000 bytes at 1 MB/s: the limit held them to at least 0.4 s in all
-    assert max(r.seconds for r in results) >= 0.35
+    # 400,000 bytes at 1 MB/s: the shared limit held both to at least 0.4 s in all (a file
+    # started late on a busy machine takes less on its own)
+    assert time.monotonic() - started >= 0.39

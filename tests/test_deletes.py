@@ -11,14 +11,15 @@ from conftest import AS_OF, execute, materialize_range
 from dagster import materialize
 from output_checks import source_rows, sqlite_table
 
-from countysync_assets.definitions import all_assets
+from countysync_assets.definitions import all_assets, all_checks
 from countysync_assets.demo_source import churn
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
 
 def reconcile(url, exports, instance):
-    result = materialize(all_assets, selection=["deleted_parcels", "unplaced_parcels"],
+    result = materialize([*all_assets, *all_checks],
+                         selection=["deleted_parcels", "unplaced_parcels"],
                          instance=instance,
                          resources={"source": MasterParcelsSource(url=url),
                                     "io_manager": ExportIOManager(export_dir=str(exports))})
@@ -95,8 +96,9 @@ def test_the_summary_follows_a_delete_check_started_on_its_own(demo_url, tmp_pat
     churn(demo_url, deletes=5, seed=4, now=AS_OF + timedelta(hours=1))
     reconcile(demo_url, exports, instance)  # deleted_parcels (and unplaced) alone
     tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
-    assert tick.total_requested == 1
     assert tick.get_num_requested(AssetKey("use_code_summary")) == 1
+    assert tick.get_num_requested(AssetKey("sync_status_map")) == 1  # the map follows too
+    assert tick.total_requested == 2
 
     churn(demo_url, deletes=3, seed=5, now=AS_OF + timedelta(hours=2))
     result = materialize(all_assets, instance=instance,
@@ -105,4 +107,4 @@ def test_the_summary_follows_a_delete_check_started_on_its_own(demo_url, tmp_pat
                                     "io_manager": ExportIOManager(export_dir=str(exports))})
     assert result.success  # reconcile_deletes' selection: the summary rebuilt in the run
     tick = evaluate_automation_conditions(defs, instance, cursor=tick.cursor)
-    assert tick.total_requested == 0
+    assert tick.get_num_requested(AssetKey("use_code_summary")) == 0

@@ -1,23 +1,27 @@
 """The checks on the published parcels: they pass after a sync, and fail, naming the parcels,
 when an output no longer agrees (a row removed from one file, a parcel number blanked by hand
-in a desktop tool)."""
+in a desktop tool, a parcel the source deleted, a self-crossing outline, a GeoJSON file in
+feet)."""
 
+import re
 import sqlite3
 from contextlib import closing
+from datetime import timedelta
 
-from conftest import materialize_range
-from dagster import AssetSelection, materialize
+import pyogrio
+import shapely
+from conftest import AS_OF, LAST_KEY, materialize_range
+from dagster import AssetCheckSeverity, AssetSelection, materialize
+from test_deletes import reconcile
 
-from countysync_assets.assets import output_checks
-from countysync_assets.definitions import all_assets
+from countysync_assets.definitions import all_assets, all_checks
+from countysync_assets.demo_source import churn
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
-CHECKS = [output_checks.published_parcels_checks]
-
 
 def run_checks(url, exports, instance) -> dict:
-    result = materialize([*all_assets, *CHECKS], instance=instance,
+    result = materialize([*all_assets, *all_checks], instance=instance,
                          selection=AssetSelection.checks_for_assets("working"),
                          resources={"source": MasterParcelsSource(url=url),
                                     "io_manager": ExportIOManager(export_dir=str(exports))},
@@ -44,3 +48,66 @@ def test_checks_pass_after_a_sync_and_name_the_parcels_when_outputs_disagree(
     assert not agree.passed and agree.metadata["in_working_or_stats_only"].value == 1
     assert agree.metadata["sample_ids_working_vs_stats"].value == str(gone)
     assert not numbered.passed and numbered.metadata["sample_ids"].value == str(blank)
+
+
+def test_reconciliation_after_syncs_and_deletes_names_what_is_missing_or_gone(
+        demo_url, tmp_path, instance):
+    exports = tmp_path / "exports"
+    assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
+    check = run_checks(demo_url, exports, instance)["source_rows_published"]
+    assert check.passed and check.metadata["missing_from_outputs"].value == 0
+    assert check.metadata["published_parcels"].value == check.metadata["source_parcels"].value
+
+    churn(demo_url, deletes=3, seed=31, now=AS_OF - timedelta(hours=1))
+    check = run_checks(demo_url, exports, instance)["source_rows_published"]
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert check.metadata["deleted_in_source_still_published"].value == 3
+    reconciled = reconcile(demo_url, exports, instance)
+    after = {e.asset_key.path[-1]: e for e in reconciled.get_asset_check_evaluations()}
+    assert after["deleted_parcels"].passed  # the delete check left exactly the source's parcels
+
+    with closing(sqlite3.connect(exports / "working_db.sqlite")) as conn, conn:
+        lost = conn.execute("SELECT min(id) FROM working").fetchone()[0]
+        conn.execute("DELETE FROM working WHERE id = ?", (lost,))
+    check = run_checks(demo_url, exports, instance)["source_rows_published"]
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    assert check.metadata["missing_from_outputs"].value == 1
+    assert check.metadata["sample_missing_ids"].value == str(lost)
+
+
+def geometry_checks(url, exports, instance, key: str) -> dict:
+    # checks alone, for one partition (as the UI's Execute on a partition's check does)
+    result = materialize([*all_assets, *all_checks], instance=instance,
+                         tags={"dagster/partition": key},
+                         selection=AssetSelection.checks_for_assets("parcel_geometry"),
+                         resources={"source": MasterParcelsSource(url=url),
+                                    "io_manager": ExportIOManager(export_dir=str(exports))},
+                         raise_on_error=False)
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_each_partition_s_outlines_and_geojson_are_checked(demo_url, tmp_path, instance):
+    exports = tmp_path / "exports"
+    assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
+    layer = pyogrio.read_dataframe(exports / "geo_db.gpkg", layer="parcels")
+    in_window = layer[layer["updated_at"].astype(str).str.startswith(LAST_KEY)]
+    checks = geometry_checks(demo_url, exports, instance, LAST_KEY)
+    shapes, geojson = checks["geometry_valid_in_crs"], checks["geojson_in_wgs84"]
+    assert shapes.passed and shapes.metadata["outlines_checked"].value == len(in_window) > 0
+    assert shapes.metadata["layer_epsg"].value == shapes.metadata["source_epsg"].value
+    assert geojson.passed and geojson.metadata["features"].value == len(in_window)
+
+    # a self-crossing outline written into the layer by hand, a GeoJSON coordinate in feet
+    bowtie = in_window.iloc[:1].assign(
+        id=10**9, geometry=[shapely.MultiPolygon([shapely.Polygon(
+            [(0, 0), (10, 10), (10, 0), (0, 10)])])])
+    pyogrio.write_dataframe(bowtie, exports / "geo_db.gpkg", layer="parcels", append=True)
+    path = exports / "parcel_geometry" / f"{LAST_KEY}.geojson"
+    text = path.read_text()
+    first = re.search(r"\[(-?\d+\.\d+),", text)
+    path.write_text(text[:first.start(1)] + "1234567.5" + text[first.end(1):])
+    checks = geometry_checks(demo_url, exports, instance, LAST_KEY)
+    shapes, geojson = checks["geometry_valid_in_crs"], checks["geojson_in_wgs84"]
+    assert not shapes.passed and shapes.metadata["invalid"].value == 1
+    assert shapes.metadata["sample_invalid_ids"].value == str(10**9)
+    assert not geojson.passed and geojson.metadata["files_out_of_range"].value == path.name

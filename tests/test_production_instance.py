@@ -4,15 +4,13 @@ two syncs submitted together run one after the other (the tag concurrency limit)
 writing the outputs at the same time."""
 
 import itertools
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import AS_OF, clean_env
+from conftest import AS_OF, clean_env, stop_process_group
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from countysync_assets.demo_source import create_demo_source
@@ -48,11 +46,7 @@ def production(tmp_path, pg_database_url, monkeypatch):
     try:
         yield home, env, tmp_path
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        stop_process_group(daemon)
 
 
 def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):

@@ -22,6 +22,7 @@ from dagster import (
     BackfillPolicy,
     Config,
     Failure,
+    MetadataValue,
     Output,
     ResourceParam,
     multi_asset,
@@ -34,6 +35,7 @@ from countysync_assets.assets.asset_metadata import (
     storage_metadata,
     where_stored,
 )
+from countysync_assets.assets.change_map import OUTLINES, ChangeMap
 from countysync_assets.assets.master_parcels import PUBLISHED
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.io_managers.format_io_manager import (
@@ -54,6 +56,8 @@ UNPLACED_COLUMNS = {
     "updated_at": "string: the row's updated_at exactly as the source holds it",
     "reason": "string: why no sync window can hold the row, and what to fix",
 }
+UNPLACED_STORAGE = storage_metadata(UNPLACED_COLUMNS, ["sqlite", "csv"],
+                                    sqlite_db="rejects_db.sqlite", keyed=False)
 CONFIRM_TAG = "countysync/confirm_mass_delete"
 # The current-state outputs a tombstone removes the parcel from, and whose ids are compared
 # with the source. Not the rejects tables yet: a row deleted from the source while it was
@@ -103,6 +107,17 @@ def parcel_numbers(io_manager: ExportIOManager, ids: pd.Series) -> pd.Series:
     numbers = pd.concat(found, ignore_index=True) if found else pd.DataFrame(
         columns=["id", "parcel_id"])
     return numbers.dropna().drop_duplicates("id").set_index("id")["parcel_id"]
+
+
+def deleted_map(io_manager: ExportIOManager, ids: pd.Series) -> str | None:
+    """The map of the parcels the check deletes, drawn from the layer before they leave it
+    (at most ``OUTLINES`` of them)."""
+    change_map = ChangeMap()
+    for features in io_manager.iter_features("parcel_geometry", TARGETS["parcel_geometry"],
+                                             ["id"], ids.head(OUTLINES).tolist()):
+        change_map.add("deleted", features.geometry)
+    more = f" (the first {OUTLINES:,} of {len(ids):,})" if len(ids) > OUTLINES else ""
+    return change_map.markdown(f"Parcels deleted{more}")
 
 
 class DeleteCheckConfig(Config):
@@ -178,9 +193,7 @@ def check_share(context: AssetExecutionContext, config: DeleteCheckConfig, gone:
             "1970, in the future or unreadable), with the reason: kept out of the outputs "
             "until fixed in the master table (rejects_db.sqlite, unplaced_parcels.csv).",
             kinds={"pandas", "sqlite", "csv"},
-            metadata={**storage_metadata(UNPLACED_COLUMNS, ["sqlite", "csv"],
-                                         sqlite_db="rejects_db.sqlite", keyed=False),
-                      SUPERSEDES: {name: where_stored(storage)
+            metadata={**UNPLACED_STORAGE, SUPERSEDES: {name: where_stored(storage)
                                    for name, storage in PUBLISHED.items()}},
         ),
     },
@@ -205,8 +218,11 @@ def deleted_parcels(context: AssetExecutionContext, config: DeleteCheckConfig,
             f"{len(unplaced)} source row(s) cannot be placed in a sync window and are listed "
             f"in unplaced_parcels (e.g. id {unplaced['id'].iloc[0]}: "
             f"{unplaced['reason'].iloc[0]}).")
-    yield Output(tombstones.reset_index(drop=True), output_name="deleted_parcels", metadata={
-        "dagster/row_count": len(tombstones), "synced_parcels": len(synced),
-        "source_parcels": source_parcels})
+    metadata = {"dagster/row_count": len(tombstones), "synced_parcels": len(synced),
+                "source_parcels": source_parcels}
+    if drawn := deleted_map(io_manager, tombstones["id"]):
+        metadata["change_map"] = MetadataValue.md(drawn)
+    yield Output(tombstones.reset_index(drop=True), output_name="deleted_parcels",
+                 metadata=metadata)
     yield Output(unplaced, output_name="unplaced_parcels",
                  metadata={"dagster/row_count": len(unplaced)})

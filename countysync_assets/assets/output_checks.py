@@ -1,22 +1,41 @@
 """Checks a county GIS analyst would run by hand on the published parcels, shown in the UI
-after every run that writes them: the outputs hold the same parcels, and every parcel is
-numbered. (One row per id needs no check: each output's storage enforces it, a primary key
-in SQLite and a unique index in the GeoPackage.)
+after every run that writes them: the outputs hold the same parcels, every parcel is
+numbered, the source's parcels are all published or rejected (reconciliation, after each
+sync and each delete check), and per partition the run's outlines are valid polygons in the
+source's CRS (blocking) and its GeoJSON files are WGS 84. (One row per id needs no check: each
+output's storage enforces it, a primary key in SQLite and a unique index in the GeoPackage.)
 
-They read the current state the outputs hold (ids and parcel numbers only, in chunks), so a
-check never holds the table. A failure names how many parcels and a sample of their ids.
+They read the current state the outputs hold (ids and parcel numbers only, in chunks; the
+geometry checks only the run's windows), so a check never holds the table. A failure names
+how many parcels and a sample of their ids.
 """
 
 from collections.abc import Iterator
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSpec, ResourceParam, multi_asset_check
+import pyogrio
+import shapely
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    ResourceParam,
+    TimeWindow,
+    asset_check,
+    multi_asset_check,
+)
 
 from countysync_assets.assets.asset_metadata import where_stored
+from countysync_assets.assets.deleted_parcels import TARGETS
 from countysync_assets.assets.master_parcels import SYNCED
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
+from countysync_assets.partitions import PARTITIONS, rows_window
+from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
 SAMPLE = 10  # ids listed in a failing check's metadata
+LAYER = TARGETS["parcel_geometry"]
+POLYGONS = ["Polygon", "MultiPolygon"]
 
 
 def _held(io_manager: ExportIOManager, name: str, columns: list[str]) -> pd.DataFrame:
@@ -37,10 +56,16 @@ def _sample(ids: pd.Series) -> str:
                           "parcels (a parcel missing from the layer is listed in "
                           "geometry_rejects)."),
            AssetCheckSpec("parcel_id_present", asset="working",
-                          description="Every published parcel has a parcel number.")])
-def published_parcels_checks(io_manager: ResourceParam[ExportIOManager]
+                          description="Every published parcel has a parcel number."),
+           AssetCheckSpec("source_rows_published", asset="working",
+                          description="Row-count reconciliation after each sync: every source "
+                          "parcel up to the newest synced change is in working or "
+                          "parcel_rejects, and working holds no parcel the source deleted (a "
+                          "warning until the delete check runs).")])
+def published_parcels_checks(source: MasterParcelsSource,
+                             io_manager: ResourceParam[ExportIOManager]
                              ) -> Iterator[AssetCheckResult]:
-    """Both checks from one read of working's ids and parcel numbers."""
+    """The three checks from one read of working's ids and parcel numbers."""
     working = _held(io_manager, "working", ["id", "parcel_id"])
     ids = {"working": set(working["id"]),
            **{name: set(_held(io_manager, name, ["id"])["id"])
@@ -58,3 +83,93 @@ def published_parcels_checks(io_manager: ResourceParam[ExportIOManager]
     yield AssetCheckResult(check_name="parcel_id_present", passed=not blank.any(), metadata={
         "parcels": len(working), "parcels_without_parcel_id": int(blank.sum()),
         "sample_ids": _sample(working.loc[blank, "id"])})
+    yield _reconcile(io_manager, source, pd.Index(working["id"]), "source_rows_published")
+
+
+def _run_window(context: AssetCheckExecutionContext) -> TimeWindow:
+    """The rows the run published: its partitions' windows (the first one with the
+    baseline)."""
+    return rows_window(PARTITIONS, context.partition_time_window)
+
+
+@asset_check(asset="parcel_geometry", partitions_def=PARTITIONS, blocking=True,
+             description="Every outline the run published is a valid polygon in the layer's "
+             "CRS, the source's EPSG code (blocking: the map is not built from a bad layer).")
+def geometry_valid_in_crs(context: AssetCheckExecutionContext, source: MasterParcelsSource,
+                          io_manager: ResourceParam[ExportIOManager]) -> AssetCheckResult:
+    expected, crs, rows = source.resolve_srid(), None, 0
+    invalid, not_polygon = [], []
+    for chunk in io_manager.iter_features("parcel_geometry", LAYER, ["id"],
+                                          window=_run_window(context)):
+        crs, rows = chunk.crs.to_epsg() if chunk.crs else None, rows + len(chunk)
+        shapes = chunk.geometry.values
+        invalid.append(chunk["id"][~shapely.is_valid(shapes)])
+        not_polygon.append(chunk["id"][~chunk.geometry.geom_type.isin(POLYGONS)])
+    invalid_ids = pd.concat(invalid) if invalid else pd.Series([], dtype="int64")
+    other_ids = pd.concat(not_polygon) if not_polygon else pd.Series([], dtype="int64")
+    in_crs = rows == 0 or crs == expected
+    return AssetCheckResult(
+        passed=bool(in_crs and invalid_ids.empty and other_ids.empty),
+        metadata={"outlines_checked": rows, "layer_epsg": crs or 0, "source_epsg": expected,
+                  "invalid": len(invalid_ids), "sample_invalid_ids": _sample(invalid_ids),
+                  "not_polygons": len(other_ids), "sample_not_polygon_ids": _sample(other_ids)})
+
+
+@asset_check(asset="parcel_geometry", partitions_def=PARTITIONS,
+             description="The run's GeoJSON files open in GDAL, in WGS 84 (RFC 7946), every "
+             "coordinate within longitude -180..180 and latitude -90..90.")
+def geojson_in_wgs84(context: AssetCheckExecutionContext,
+                     io_manager: ResourceParam[ExportIOManager]) -> AssetCheckResult:
+    files = io_manager.files_for("parcel_geometry", LAYER, "geojson", context.partition_keys)
+    features, wrong_crs, outside = 0, [], []
+    for path in files:
+        if not path.exists():
+            wrong_crs.append(f"{path.name} (missing)")
+            continue
+        info = pyogrio.read_info(path)
+        features += info["features"]
+        if info["features"] and info["crs"] != "EPSG:4326":
+            wrong_crs.append(f"{path.name} ({info['crs']})")
+        bounds = pyogrio.read_bounds(path)[1]  # xmin, ymin, xmax, ymax per feature
+        if bounds.size and not ((bounds[[0, 2]] >= -180) & (bounds[[0, 2]] <= 180)
+                                & (bounds[[1, 3]] >= -90) & (bounds[[1, 3]] <= 90)).all():
+            outside.append(path.name)
+    return AssetCheckResult(
+        passed=not wrong_crs and not outside,
+        metadata={"files": len(files), "features": features,
+                  "files_not_wgs84": ", ".join(wrong_crs[:SAMPLE]),
+                  "files_out_of_range": ", ".join(outside[:SAMPLE])})
+
+
+def _reconcile(io_manager: ExportIOManager, source: MasterParcelsSource,
+               published: pd.Index, check_name: str | None = None) -> AssetCheckResult:
+    """Source ids against what the outputs hold (``published``: working's ids): every parcel
+    the source had by the newest sync is published or listed in parcel_rejects, and nothing
+    published is gone from the source (a pending delete, a warning until the delete check
+    removes it)."""
+    newest = io_manager.newest_synced({"working": SYNCED["working"]})
+    in_source = source.changes_since(None)
+    due = in_source["id"][in_source["updated_at"] <= pd.Timestamp(newest)] \
+        if newest else in_source["id"].iloc[:0]
+    rejected = pd.to_numeric(_held(io_manager, "parcel_rejects", ["id"])["id"],
+                             errors="coerce")
+    missing = due[~due.isin(published) & ~due.isin(rejected)]
+    gone = pd.Series(published.difference(in_source["id"]))
+    return AssetCheckResult(
+        check_name=check_name, passed=missing.empty and gone.empty,
+        severity=AssetCheckSeverity.ERROR if len(missing) else AssetCheckSeverity.WARN,
+        metadata={"source_parcels": len(in_source), "published_parcels": len(published),
+                  "rejected_parcels": int(rejected.notna().sum()),
+                  "synced_through": newest.isoformat() if newest else "",
+                  "missing_from_outputs": len(missing), "sample_missing_ids": _sample(missing),
+                  "deleted_in_source_still_published": len(gone),
+                  "sample_deleted_ids": _sample(gone)})
+
+
+@asset_check(asset="deleted_parcels", name="source_rows_published",
+             description="Row-count reconciliation after the delete check: the outputs hold "
+             "exactly the source's parcels (published or rejected), none it deleted.")
+def source_rows_published_after_deletes(source: MasterParcelsSource,
+                                        io_manager: ResourceParam[ExportIOManager]
+                                        ) -> AssetCheckResult:
+    return _reconcile(io_manager, source, pd.Index(_held(io_manager, "working", ["id"])["id"]))

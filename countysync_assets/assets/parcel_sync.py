@@ -13,10 +13,12 @@ other core (``ParallelOutputs``). Each asset still reports its own materializati
 metadata.
 """
 
+import pandas as pd
 from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
     MaterializeResult,
+    MetadataValue,
     ResourceParam,
     check_dagster_type,
     multi_asset,
@@ -24,6 +26,8 @@ from dagster import (
 
 from countysync_assets.assets import master_parcels, parcel_geometry, stats, working
 from countysync_assets.assets.asset_metadata import Tally
+from countysync_assets.assets.change_map import ChangeMap, changes
+from countysync_assets.assets.deleted_parcels import TARGETS
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.io_managers.format_io_manager import OutputTarget
 from countysync_assets.partitions import PARTITIONS, rows_window
@@ -54,6 +58,7 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
         outputs = io_manager.open_outputs(targets, rows)  # a big run: on both cores
         geometry_wanted = bool(outputs.formats("parcel_geometry") or
                                outputs.formats("geometry_rejects"))
+        change_map = ChangeMap()
         try:
             batches = master_parcels.checked_batches(source, window)
             for position, (good, rejects) in enumerate(batches):
@@ -79,6 +84,13 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
                             f"see geometry_rejects (e.g. id {geometry_rejects['id'].iloc[0]}: "
                             f"{geometry_rejects['reason'].iloc[0]}).")
                     batch.update(parcel_geometry=parcels, geometry_rejects=geometry_rejects)
+                    # what the layer held for these parcels before the run: inserted or updated
+                    held = list(io_manager.iter_features(
+                        "parcel_geometry", TARGETS["parcel_geometry"], ["id", "updated_at"],
+                        ids=parcels["id"].tolist(), geometry=False))
+                    kinds = changes(parcels, pd.concat(held) if held else parcels.iloc[:0])
+                    for kind in ("inserted", "updated"):
+                        change_map.add(kind, parcels.geometry[kinds == kind])
                     figures["repaired_geometries"] += changed["repaired_geometries"]
                     figures["z_dropped"] += changed["z_dropped"]
                 figures["total_assessed_value"] += int(good["assessed_value"].sum())
@@ -109,5 +121,9 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
             metadata.update(repaired_geometries=figures["repaired_geometries"],
                             z_dropped=figures["z_dropped"],
                             rejected_rows=tallies["geometry_rejects"].rows)
+            if drawn := change_map.markdown("What this run changed"):
+                # one picture for the whole run: named as the run's in a range run
+                metadata["change_map" if len(keys) == 1 else "run_change_map"] = \
+                    MetadataValue.md(drawn)
         yield MaterializeResult(asset_key=name, metadata=metadata)
 

@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from countysync_assets.assets.asset_metadata import GROUP, storage_metadata
+from countysync_assets.assets.automation import once_settled
 
 COLUMNS = {
     "use_code": "string: Washington DOR land use code",
@@ -25,10 +26,8 @@ COLUMNS = {
 # A delete check started on its own (deleted_parcels materialized alone in the UI) changes the
 # totals: the summary follows it. A run that rebuilt the summary after the check (the sync,
 # reconcile_deletes) has handled it already: the same tick's update resets the condition.
-FOLLOWS_DELETES = (AutomationCondition.any_deps_updated()
-                   .allow(AssetSelection.assets("deleted_parcels")).since_last_handled()
-                   & ~AutomationCondition.in_progress()
-                   & ~AutomationCondition.any_deps_in_progress())
+FOLLOWS_DELETES = once_settled(AutomationCondition.any_deps_updated()
+                               .allow(AssetSelection.assets("deleted_parcels")))
 
 
 @asset(

@@ -17,12 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import pandas as pd
 from dagster import (
     ConfigurableIOManager,
     InputContext,
     MetadataValue,
     OutputContext,
+    TimeWindow,
     get_dagster_logger,
 )
 from pydantic import Field
@@ -366,6 +368,23 @@ class ExportIOManager(ConfigurableIOManager):
             if fmt in LOADABLE:
                 yield from self.manager(fmt).iter_columns(name, metadata, columns)
                 return
+
+    def iter_features(self, name: str, metadata: dict, columns: list[str],
+                      ids: list[int] | None = None, window: TimeWindow | None = None,
+                      geometry: bool = True) -> Iterator[gpd.GeoDataFrame]:
+        """``columns`` and (unless ``geometry`` is False) the geometry of the features asset
+        ``name`` holds (those with ``ids``, or last changed in ``window``, if given), in
+        chunks, from its GeoPackage layer; nothing if it has none."""
+        if "gpkg" in self.formats_of(name, metadata):
+            yield from self.manager("gpkg").iter_features(name, metadata, columns, ids, window,
+                                                          geometry)
+
+    def files_for(self, name: str, metadata: dict, fmt: str, keys: list[str]) -> list[Path]:
+        """The published per-partition files of asset ``name`` in format ``fmt`` for
+        ``keys`` (none if the asset is not stored in that format)."""
+        if fmt not in self.formats_of(name, metadata):
+            return []
+        return [self.manager(fmt).file_for(name, key) for key in keys]
 
     def check_room(self, expected_bytes: int, what: str) -> None:
         """Refuse to start when the export disk cannot hold what the run will write."""

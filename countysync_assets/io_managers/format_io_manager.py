@@ -197,23 +197,25 @@ class PartitionedFileIOManager(FormatIOManager):
     def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
         return PartitionedFileWriter(self, target)
 
+    def file_for(self, asset: str, key: str | None) -> Path:
+        """Where ``asset``'s file for partition ``key`` is published (None: unpartitioned)."""
+        if key is None:
+            return export_path(self.export_dir, f"{asset}{self.extension}")
+        return export_path(self.export_dir, asset, f"{key}{self.extension}")
+
 
 class PartitionedFileWriter(BatchWriter):
     """The files of one output: a temp file per partition, filled as batches come."""
 
     def __init__(self, manager: PartitionedFileIOManager, target: OutputTarget):
         self.manager, self.target = manager, target
-        root, ext = manager.export_dir, manager.extension
-        if target.partition_keys:
-            self.finals = {key: export_path(root, target.name, f"{key}{ext}")
-                           for key in target.partition_keys}
-        else:
-            self.finals = {None: export_path(root, f"{target.name}{ext}")}
+        self.finals = {key: manager.file_for(target.name, key)
+                       for key in target.partition_keys or [None]}
         for final in self.finals.values():
             if final.exists() and not final.is_file():
                 raise IsADirectoryError(
-                    f"{final} is in the way of the {ext} output: it is not a file. Move it out "
-                    "of the export folder and re-run.")
+                    f"{final} is in the way of the {manager.extension} output: it is not a "
+                    "file. Move it out of the export folder and re-run.")
         self.temps = {key: temp_sibling(final) for key, final in self.finals.items()}
         self.written: set[str | None] = set()
         self.empty: pd.DataFrame | None = None

@@ -20,7 +20,7 @@ import geopandas as gpd
 import pandas as pd
 import pyogrio
 import shapely
-from dagster import InputContext, OutputContext
+from dagster import InputContext, OutputContext, TimeWindow
 from pydantic import Field
 
 from countysync_assets.io_managers.format_io_manager import (
@@ -243,6 +243,12 @@ class GeoPackageRemovals(RemovalWriter):
             self.staged.rollback()
 
 
+def in_window(cursor: str, window: TimeWindow) -> str:
+    """An OGR SQL filter: the features whose ``cursor`` (UTC text) falls in ``window``."""
+    return (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
+            f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
+
+
 class GeoPackageIOManager(FormatIOManager):
     """Current state in ``<export_dir>/<file_name>``, one layer per asset."""
 
@@ -261,6 +267,30 @@ class GeoPackageIOManager(FormatIOManager):
         path = export_path(self.export_dir, self.file_name)
         yield from read_chunks(path, metadata.get(GPKG_LAYER) or asset, columns)
 
+    def iter_features(self, asset: str, metadata: dict, columns: list[str],
+                      ids: list[int] | None = None, window: TimeWindow | None = None,
+                      geometry: bool = True, chunk: int = 50_000
+                      ) -> Iterator[gpd.GeoDataFrame]:
+        """``columns`` and (unless ``geometry`` is False) the geometry of the features of
+        ``asset``'s layer (only those with these integer ``ids``, or whose cursor falls in
+        ``window``, if given), ``chunk`` at a time; nothing if the layer was never written."""
+        path = export_path(self.export_dir, self.file_name)
+        if not path.exists() or ids == []:
+            return
+        layer = metadata.get(GPKG_LAYER) or asset
+        where = None
+        if ids is not None:  # a few thousand ids: one read
+            where, chunk = f"id IN ({', '.join(str(int(i)) for i in ids)})", len(ids)
+        elif window is not None:
+            where = in_window(metadata.get(CURSOR_COLUMN) or "updated_at", window)
+        for skip in range(0, pyogrio.read_info(path, layer=layer)["features"] or 1, chunk):
+            features = pyogrio.read_dataframe(path, layer=layer, columns=columns, where=where,
+                                              skip_features=skip, max_features=chunk,
+                                              read_geometry=geometry, use_arrow=True)
+            if where is not None and not len(features):
+                return
+            yield features
+
     def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
         layer = target.metadata.get(GPKG_LAYER) or target.name
         return GeoPackageWriter(export_path(self.export_dir, self.file_name), layer, target,
@@ -275,9 +305,6 @@ class GeoPackageIOManager(FormatIOManager):
         """The current features of the requested partitions (all if unpartitioned)."""
         path, layer = self._target(context)
         cursor = (context.upstream_output.definition_metadata or {}).get(CURSOR_COLUMN)
-        window, where = input_window(context), ""
-        if window is not None:
-            where = (f" WHERE {quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
-                     f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
-        return pyogrio.read_dataframe(path, layer=layer, where=where.removeprefix(" WHERE ")
-                                      or None, use_arrow=True)
+        window = input_window(context)
+        return pyogrio.read_dataframe(path, layer=layer, use_arrow=True,
+                                      where=None if window is None else in_window(cursor, window))

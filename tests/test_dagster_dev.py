@@ -162,9 +162,15 @@ def test_backfill_launched_like_the_ui_syncs_every_output_and_a_rerun_changes_no
     url, home = dagster_dev.url, dagster_dev.home
     keys = partition_keys(FIRST_KEY, LAST_KEY)
     backfill_and_wait(url, keys, home)
-    runs = graphql(url, "{ runsOrError { ... on Runs { results { status } } } }")
-    statuses = [r["status"] for r in runs["runsOrError"]["results"]]
-    assert statuses and set(statuses) == {"SUCCESS"}
+    runs = graphql(url, """{ runsOrError { ... on Runs { results { runId status jobName
+        tags { key value } eventConnection { events { __typename
+          ... on MessageEvent { message } } } } } } }""")["runsOrError"]["results"]
+    failed = [{"job": r["jobName"], "tags": {t["key"]: t["value"] for t in r["tags"]},
+               "errors": [e["message"] for e in r["eventConnection"]["events"]
+                          if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent",
+                                                 "EngineEvent") and "rror" in e["message"]]}
+              for r in runs if r["status"] != "SUCCESS"]
+    assert runs and not failed, failed
     exports = home / "exports"
     assert_outputs_match_source(f"sqlite:///{home / 'demo.sqlite'}", exports, keys)
     before = snapshot(exports)

@@ -15,15 +15,24 @@ from countysync_assets.sensors import source_changes_sensor as sensor_module
 from countysync_assets.sensors.sync_cursor import SyncCursor
 
 
-def test_first_tick_requests_each_window_and_then_skips(syncing, demo_url, tmp_path):
+def requested_range(request) -> tuple[str, str]:
+    if request.partition_key:
+        return request.partition_key, request.partition_key
+    return (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"])
+
+
+def test_first_tick_requests_one_run_over_the_windows_and_then_skips(syncing, demo_url,
+                                                                     tmp_path):
+    """Four changed windows are one run of their range, not four runs contending for the
+    same output files."""
     tick, run = syncing.tick, syncing.run
     first = tick()
-    assert sorted(r.partition_key for r in first.run_requests) == partition_keys(FIRST_KEY,
-                                                                                  LAST_KEY)
+    assert [requested_range(r) for r in first.run_requests] == [(FIRST_KEY, LAST_KEY)]
     cursor = json.loads(syncing.cursor)
     assert cursor["version"] == 1
-    assert all(cursor["watermark"] in r.run_key for r in first.run_requests)
-    assert run(first) == [True] * 4
+    assert cursor["watermark"] in first.run_requests[0].run_key
+    assert run(first) == [True]
     assert_outputs_match_source(demo_url, tmp_path / "exports", partition_keys(FIRST_KEY,
                                                                                LAST_KEY))
     second = tick()
@@ -67,13 +76,6 @@ def test_rows_arriving_late_behind_the_watermark_are_not_lost(syncing, demo_url)
     assert not tick().run_requests  # seen once; a rerun of the same look-back is a no-op
 
 
-def requested_range(request) -> tuple[str, str]:
-    if request.partition_key:
-        return request.partition_key, request.partition_key
-    return (request.tags["dagster/asset_partition_range_start"],
-            request.tags["dagster/asset_partition_range_end"])
-
-
 def test_a_huge_change_set_is_one_streamed_run(syncing, demo_url, tmp_path, monkeypatch):
     """A first sync above the row limit is one run over every window that holds rows (it
     streams, so its memory does not grow with them)."""
@@ -107,15 +109,14 @@ def test_a_failed_run_is_requested_again_until_the_outputs_match(syncing, demo_u
     exports.mkdir()
     (exports / "working").write_text("a file where a folder must go: every run fails")
     first = tick()
-    assert not any(run(first, raise_on_error=False))
-    assert len(json.loads(syncing.cursor)["pending"]) == 4
+    assert run(first, raise_on_error=False) == [False]
+    assert len(json.loads(syncing.cursor)["pending"]) == 1
 
     (exports / "working").unlink()  # the problem is fixed
     retried = tick()
-    assert sorted(r.partition_key for r in retried.run_requests) == partition_keys(FIRST_KEY,
-                                                                                    LAST_KEY)
-    assert all("#retry1" in r.run_key for r in retried.run_requests)
-    assert run(retried) == [True] * 4
+    assert [requested_range(r) for r in retried.run_requests] == [(FIRST_KEY, LAST_KEY)]
+    assert "#retry1" in retried.run_requests[0].run_key
+    assert run(retried) == [True]
     assert not tick().run_requests
     assert json.loads(syncing.cursor)["pending"] == {}
     assert_outputs_match_source(demo_url, exports, partition_keys(FIRST_KEY, LAST_KEY))

@@ -1,9 +1,11 @@
-"""``source_changes_sensor``: polls the source and requests a sync run for each changed window.
+"""``source_changes_sensor``: polls the source and requests one sync run over the changed windows.
 
 Each tick reads the key and cursor of the rows at or after the watermark minus a look-back
 overlap (late-committing transactions land behind the watermark), digests them per partition
-and requests a run for every partition whose digest changed. Run keys hold the watermark and
-the digest, so a later change to the same partition is never deduplicated away. A huge change
+and requests one run over the partitions whose digest changed (one window: a run of that
+partition; several: a run of their range, which costs one run's start and writes each output
+once instead of several runs contending for the same files). Run keys hold the watermark and
+the digests, so a later change to the same partition is never deduplicated away. A huge change
 set (a first sync, a mass update: more than ``MAX_ROWS_PER_POLL`` rows) is one run over the
 partitions that hold it: a run streams its rows, so its memory does not grow with them, and
 the sensor reads only the keys of its look-back. A new cursor starts from the watermark the
@@ -24,6 +26,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 from dagster import (
+    DagsterEventType,
     DagsterRunStatus,
     DefaultSensorStatus,
     PartitionKeyRange,
@@ -51,12 +54,13 @@ from countysync_assets.sensors.sync_cursor import PendingRun, SyncCursor
 INTERVAL_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_INTERVAL_SECONDS") or 60)
 OVERLAP = timedelta(seconds=int(os.environ.get("COUNTYSYNC_SENSOR_OVERLAP_SECONDS") or 300))
 MAX_ROWS_PER_POLL = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_ROWS_PER_POLL") or 100_000)
-MAX_RUNS_PER_TICK = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_RUNS_PER_TICK") or 10)
 # a STARTED run that records nothing for this long is taken as dead, even where its process
 # cannot be checked (another machine)
 STALLED_AFTER_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS") or 1800)
 UNLAUNCHED_AFTER_SECONDS = 600  # a request with no run after this long is requested again
 FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+ENDED = {DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE,
+         DagsterEventType.RUN_CANCELED}
 
 
 def newest_end() -> datetime:
@@ -108,6 +112,8 @@ def dead_run(context: SensorEvaluationContext, record) -> str | None:
     run = record.dagster_run
     entries = [r.event_log_entry for r in context.instance.get_records_for_run(
         run.run_id, limit=50, ascending=False).records]
+    if any(e.dagster_event and e.dagster_event.event_type in ENDED for e in entries):
+        return None  # it ended after its status was read; its process may well be gone
     # the newest event that names its process (log lines do not)
     pid = next((e.dagster_event.pid for e in entries if e.dagster_event), None)
     if run.status == DagsterRunStatus.STARTED and pid and \
@@ -231,17 +237,17 @@ def adopt_outputs_watermark(context: SensorEvaluationContext, source: MasterParc
 
 
 def window_requests(state: SyncCursor, rows: pd.DataFrame) -> list[RunRequest]:
-    """A run for each partition whose look-back digest changed; one range run over them if
-    they are more than ``MAX_RUNS_PER_TICK``."""
+    """One run over the partitions whose look-back digest changed (they follow the watermark,
+    so they are next to each other; an unchanged one between them is a no-op rerun)."""
     new = digests(rows)
     to_sync = sorted(k for k, digest in new.items() if state.digests.get(k) != digest)
     if not to_sync:
         return []
+    first, last = to_sync[0], to_sync[-1]
+    changed = hashlib.sha1("".join(new[k] for k in to_sync).encode()).hexdigest()[:16]
+    run_key = f"{first}|" if first == last else f"{first}...{last}|"
     mark = rows.iloc[-1]["cursor_text"]
-    if len(to_sync) > MAX_RUNS_PER_TICK:
-        first, last = to_sync[0], to_sync[-1]
-        return [request(state, state.run_key(f"{first}...{last}|{mark}"), first, last)]
-    return [request(state, state.run_key(f"{k}|{mark}|{new[k]}"), k, k) for k in to_sync]
+    return [request(state, state.run_key(f"{run_key}{mark}|{changed}"), first, last)]
 
 
 @sensor(

@@ -74,9 +74,11 @@ class DagsterDev:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def dagster_dev(tmp_path_factory):
-    """A running ``dagster dev`` on a demo source with a persistent DAGSTER_HOME."""
+    """A running ``dagster dev`` on a demo source with a persistent DAGSTER_HOME. Session
+    scoped: xdist may run other modules' tests between these on the same worker, which would
+    tear down (and start afresh) a module-scoped server."""
     home = tmp_path_factory.mktemp("dagster_dev")
     source = home / "demo.sqlite"
     create_demo_source(f"sqlite:///{source}", rows=600, seed=5, as_of=AS_OF, days=4)
@@ -178,8 +180,20 @@ def test_backfill_launched_like_the_ui_syncs_every_output_and_a_rerun_changes_no
     assert snapshot(exports) == before
 
 
+def wait_for_a_sync(url: str) -> None:
+    """Until ``working`` has been materialized (by the backfill test or, when this test runs
+    alone, by the change sensor's first run, which starts with the server)."""
+    query = """{ assetOrError(assetKey: {path: ["working"]}) { ... on Asset {
+        assetMaterializations(limit: 1) { runId } } } }"""
+    deadline = time.monotonic() + 300
+    while not graphql(url, query)["assetOrError"]["assetMaterializations"]:
+        assert time.monotonic() < deadline, "no sync materialized working in 5 minutes"
+        time.sleep(2)
+
+
 def test_a_person_opening_the_ui_sees_every_asset_and_the_last_sync(dagster_dev, artifacts):
     base = dagster_dev.url.removesuffix("/graphql")
+    wait_for_a_sync(dagster_dev.url)
     with browser_page() as page:
         page.goto(f"{base}/assets")
         for asset in ASSETS:  # each row links to the asset's page (long names are truncated)
@@ -269,6 +283,7 @@ def test_a_person_clicks_through_the_ui_from_graph_to_map(dagster_dev, artifacts
     sync-status map, materialized by a click too, opens from its metadata link and draws
     every parcel. Screenshots go to test-artifacts/ for a person to look at."""
     url, base = dagster_dev.url, dagster_dev.url.removesuffix("/graphql")
+    wait_for_a_sync(url)
     with browser_page() as page:
         page.goto(f"{base}/locations/countysync/asset-groups/parcels")
         for asset in ASSETS:

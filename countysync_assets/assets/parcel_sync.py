@@ -20,7 +20,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     ResourceParam,
-    check_dagster_type,
     multi_asset,
 )
 
@@ -28,6 +27,7 @@ from countysync_assets.assets import master_parcels, parcel_geometry, stats, wor
 from countysync_assets.assets.asset_metadata import Tally
 from countysync_assets.assets.change_map import ChangeMap, changes
 from countysync_assets.assets.deleted_parcels import TARGETS
+from countysync_assets.assets.frame_types import check_frame
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.io_managers.format_io_manager import OutputTarget
 from countysync_assets.partitions import PARTITIONS, rows_window
@@ -96,7 +96,7 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
                 figures["total_assessed_value"] += int(good["assessed_value"].sum())
                 for name, frame in batch.items():
                     if name in TYPED:  # dagster-pandas: a broken key fails before publishing
-                        result = check_dagster_type(TYPED[name], frame)
+                        result = check_frame(TYPED[name], frame)
                         if not result.success:
                             raise TypeError(f"{name}: {result.description}")
                     outputs.write(name, frame)

@@ -138,7 +138,11 @@ class Trial:
             if mode == "reconcile":
                 assert sync.reconcile()
             started = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-            assert not started, f"{len(started)} run(s) left STARTED"
+            assert not started, f"{len(started)} run(s) left STARTED, at {time.time():.1f}: " \
+                + "; ".join(f"{run.run_id[:8]} {run.tags}: " + ", ".join(
+                    f"{e.dagster_event_type or e.user_message[:60]} pid "
+                    f"{e.dagster_event.pid if e.dagster_event else '-'} at {e.timestamp:.1f}"
+                    for e in instance.all_logs(run.run_id)[-6:]) for run in started)
 
 
 def assert_published_files_whole(exports: Path) -> None:

@@ -59,8 +59,7 @@ MAX_ROWS_PER_POLL = int(os.environ.get("COUNTYSYNC_SENSOR_MAX_ROWS_PER_POLL") or
 STALLED_AFTER_SECONDS = int(os.environ.get("COUNTYSYNC_SENSOR_STALLED_AFTER_SECONDS") or 1800)
 UNLAUNCHED_AFTER_SECONDS = 600  # a request with no run after this long is requested again
 FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-ENDED = {DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_FAILURE,
-         DagsterEventType.RUN_CANCELED}
+UNFINISHED = {DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED}
 
 
 def newest_end() -> datetime:
@@ -112,10 +111,10 @@ def dead_run(context: SensorEvaluationContext, record) -> str | None:
     run = record.dagster_run
     entries = [r.event_log_entry for r in context.instance.get_records_for_run(
         run.run_id, limit=50, ascending=False).records]
-    if any(e.dagster_event and e.dagster_event.event_type in ENDED for e in entries):
-        return None  # it ended after its status was read; its process may well be gone
-    # the newest event that names its process (log lines do not)
-    pid = next((e.dagster_event.pid for e in entries if e.dagster_event), None)
+    # the newest event that names its process (log lines do not), else the run's start
+    pid = next((e.dagster_event.pid for e in entries if e.dagster_event), None) or next(
+        (r.event_log_entry.dagster_event.pid for r in context.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.RUN_START, limit=1).records), None)
     if run.status == DagsterRunStatus.STARTED and pid and \
             isinstance(context.instance.run_launcher, DefaultRunLauncher) and \
             not process_alive(pid, entries[0].timestamp):
@@ -133,10 +132,12 @@ def mark_dead_runs(context: SensorEvaluationContext) -> set[str]:
     """Mark failed every run that says STARTED but died (a killed CLI run too, which no
     request of this sensor's tracks), so none is left STARTED for ever; their run ids."""
     died = set()
-    for record in context.instance.get_run_records(RunsFilter(statuses=[
-            DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED]),
-            limit=100):
-        if why := dead_run(context, record):
+    for record in context.instance.get_run_records(RunsFilter(statuses=list(UNFINISHED)),
+                                                   limit=100):
+        # its status read again: a run that ended meanwhile (its process gone because it
+        # finished) is not dead
+        if (why := dead_run(context, record)) and context.instance.get_run_by_id(
+                record.dagster_run.run_id).status in UNFINISHED:
             context.instance.report_run_failed(
                 record.dagster_run, f"countysync's change sensor marked this run failed: "
                 f"{why}. A run of the sensor's is requested again.")

@@ -474,6 +474,17 @@ class MasterParcelsSource(ConfigurableResource):
                 yield batch
                 last = batch[-1]
 
+    def keys_between(self, since: datetime | None = None, until: datetime | None = None
+                     ) -> pd.Index:
+        """The keys of the rows with ``since`` <= cursor < ``until`` (UTC; None: unbounded;
+        both None: every row with a key). Keys only, the filter in the database: reconciling a
+        county's ids after each sync stays a fraction of a second per million rows."""
+        table = self.table_ref()
+        key = table.c[self.key_column]
+        query = self._between(sa.select(key).where(key.is_not(None)), table, since, until)
+        with self._reading(), self.get_engine().connect() as conn:
+            return pd.Index(conn.execute(query).scalars().all())
+
     def rows_with_keys(self, keys: list) -> pd.DataFrame:
         """The rows with these keys (a few thousand at most: parcels a map must draw that no
         output holds), every column as ``iter_changed_batches`` reads them, the cursor as

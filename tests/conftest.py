@@ -150,6 +150,14 @@ def materialize_range(source: MasterParcelsSource, export_dir, instance: Dagster
     )
 
 
+def requested_range(request) -> tuple[str, str]:
+    """The first and last partition of a sensor's run request (one partition or a range)."""
+    if request.partition_key:
+        return request.partition_key, request.partition_key
+    return (request.tags["dagster/asset_partition_range_start"],
+            request.tags["dagster/asset_partition_range_end"])
+
+
 def keyless_copy(url: str, name: str = "copy") -> str:
     """A copy of MasterParcels without its primary key, so tests can break key rules."""
     engine = sa.create_engine(url)

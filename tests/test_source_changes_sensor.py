@@ -6,20 +6,13 @@ import shutil
 from datetime import timedelta
 
 import pytest
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, execute, materialize_range
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, execute, materialize_range, requested_range
 from output_checks import assert_outputs_match_source, partition_keys
 
 from countysync_assets.demo_source import churn
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors import source_changes_sensor as sensor_module
 from countysync_assets.sensors.sync_cursor import SyncCursor
-
-
-def requested_range(request) -> tuple[str, str]:
-    if request.partition_key:
-        return request.partition_key, request.partition_key
-    return (request.tags["dagster/asset_partition_range_start"],
-            request.tags["dagster/asset_partition_range_end"])
 
 
 def test_first_tick_requests_one_run_over_the_windows_and_then_skips(syncing, demo_url,

@@ -6,7 +6,7 @@ import sqlite3
 from contextlib import closing
 
 import sqlalchemy as sa
-from conftest import AS_OF, FIRST_KEY, LAST_KEY
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, requested_range
 from dagster import DagsterEventType
 from output_checks import assert_outputs_match_source, partition_keys
 
@@ -60,8 +60,6 @@ def test_connection_killed_mid_extract_fails_cleanly_and_is_caught_up(
                        for t in tables), database
 
     retried = harness.tick()
-    assert [(r.tags["dagster/asset_partition_range_start"],
-             r.tags["dagster/asset_partition_range_end"]) for r in retried.run_requests] == [
-        (FIRST_KEY, LAST_KEY)]
+    assert [requested_range(r) for r in retried.run_requests] == [(FIRST_KEY, LAST_KEY)]
     assert harness.run(retried) == [True]
     assert_outputs_match_source(pg_database_url, exports, partition_keys(FIRST_KEY, LAST_KEY))

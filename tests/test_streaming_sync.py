@@ -7,7 +7,13 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from conftest import FIRST_KEY, LAST_KEY, materialize_range, skip_or_fail_in_ci
+from conftest import (
+    FIRST_KEY,
+    LAST_KEY,
+    materialize_range,
+    requested_range,
+    skip_or_fail_in_ci,
+)
 from dagster import AssetKey
 from output_checks import assert_outputs_match_source, partition_keys, snapshot, source_rows
 
@@ -29,9 +35,7 @@ def test_the_first_partition_holds_the_baseline(tmp_path, instance):
     assert (rows["partition"] == GO_LIVE).sum() > 400  # most of the history is the baseline
     sync = InProcessSync(MasterParcelsSource(url=url), tmp_path / "exports", instance)
     first_sync = sync.tick()
-    assert [(r.tags["dagster/asset_partition_range_start"],
-             r.tags["dagster/asset_partition_range_end"]) for r in first_sync.run_requests] == [
-        (GO_LIVE, "2025-01-02")]
+    assert [requested_range(r) for r in first_sync.run_requests] == [(GO_LIVE, "2025-01-02")]
     assert all(sync.run(first_sync)) and sync.reconcile()
     exports = tmp_path / "exports"
     assert_outputs_match_source(url, exports, [GO_LIVE, "2025-01-02"])

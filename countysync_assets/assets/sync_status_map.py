@@ -157,7 +157,8 @@ def sync_status_map(config: StatusMapConfig, source: MasterParcelsSource,
             rows[["id", "parcel_id"]],
             geometry=gpd.GeoSeries(parse_geometry(rows["geometry"]),
                                    crs=int(rows[SRID_COLUMN].iloc[0])))
-        shapes = shapes[shapes.geometry.notna() & shapes.geometry.is_valid]
+        outlines = shapes.geometry.values  # missing, empty or invalid: counted, not drawn
+        shapes = shapes[shapely.is_valid(outlines) & ~shapely.is_empty(outlines)]
         why = rejected.reindex(shapes["id"]).fillna("new in the source, not synced yet")
         features += _features(shapes, status.reindex(shapes["id"]).to_numpy(),
                               why.to_numpy(), config.simplify)

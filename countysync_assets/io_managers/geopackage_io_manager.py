@@ -279,7 +279,7 @@ class GeoPackageIOManager(FormatIOManager):
             return
         layer = metadata.get(GPKG_LAYER) or asset
         where = None
-        if ids is not None:  # a few thousand ids: one read
+        if ids is not None:  # at most a batch of ids: one read (the id is indexed)
             where, chunk = f"id IN ({', '.join(str(int(i)) for i in ids)})", len(ids)
         elif window is not None:
             where = in_window(metadata.get(CURSOR_COLUMN) or "updated_at", window)

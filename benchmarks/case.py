@@ -1,9 +1,10 @@
 """One benchmark case in its own process: ``python -m benchmarks.case TOOL STEP WORKDIR ARGS...``
 (the sync cases: the source URL and the partitions; the appraisal cases: the release and the
 target database). Prints, as JSON, the wall seconds of the work itself (imports excluded) and the
-peak RSS: the process's ``VmHWM`` (its own address space, whereas ``ru_maxrss`` would carry
-over the parent's high-water mark across fork and exec) plus the largest ``VmHWM`` of its
-child processes (the sync's second process, ogr2ogr), sampled while they run."""
+peak RSS of the case's processes together (the sync's second process, ogr2ogr): their summed RSS
+sampled every 50 ms, and never less than one process's own ``VmHWM`` (a peak between samples;
+its own address space, whereas ``ru_maxrss`` would carry over the parent's high-water mark
+across fork and exec). Shared library pages count once per process, so this errs high."""
 
 import importlib
 import json
@@ -35,16 +36,16 @@ def main() -> None:
         os.environ["COUNTYSYNC_FORMATS"] = json.dumps(TABULAR)
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(MODULES[tool])  # imports are not part of the timing
-    children: dict[int, int] = {}
+    peaks = {"together": 0, "one": 0}
     done = threading.Event()
-    watcher = threading.Thread(target=watch_children, args=(children, done), daemon=True)
+    watcher = threading.Thread(target=watch_processes, args=(peaks, done), daemon=True)
     watcher.start()
     started = time.perf_counter()
     module.run(step, Path(workdir), *args)
     wall = time.perf_counter() - started
     done.set()
     watcher.join()
-    peak_kb = peak_rss_kb("self") + max(children.values(), default=0)
+    peak_kb = max(peaks["together"], peaks["one"], peak_rss_kb("self"))
     print(json.dumps({"wall_s": wall, "peak_rss_mb": peak_kb / 1024}))
 
 
@@ -55,15 +56,20 @@ def peak_rss_kb(pid: int | str) -> int:
                 if line.startswith("VmHWM:"))
 
 
-def watch_children(peaks: dict[int, int], done: threading.Event) -> None:
-    """Keep the peak RSS of each child process of this one until ``done``."""
+def watch_processes(peaks: dict[str, int], done: threading.Event) -> None:
+    """Until ``done``, keep the peak of this process's and its children's RSS summed
+    (``together``) and the largest child ``VmHWM`` (``one``), in kB."""
     me = psutil.Process()
     while not done.wait(0.05):
-        for child in me.children(recursive=True):
+        together = 0
+        for process in [me, *me.children(recursive=True)]:
             try:
-                peaks[child.pid] = max(peaks.get(child.pid, 0), peak_rss_kb(child.pid))
-            except (OSError, StopIteration):  # it ended meanwhile
+                together += process.memory_info().rss // 1024
+                if process is not me:
+                    peaks["one"] = max(peaks["one"], peak_rss_kb(process.pid))
+            except (psutil.Error, OSError, StopIteration):  # it ended meanwhile
                 continue
+        peaks["together"] = max(peaks["together"], together)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def test_key_census_lists_every_key_and_which_fall_in_the_range(database, demo_u
                                               + timedelta(days=1))
     assert sorted(census.loc[census["inside"], "id"]) == source_ids(url, start, end)
     assert 0 < census["inside"].sum() < len(census)
+    inside = MasterParcelsSource(url=url, batch_size=333).key_census(start, end, only_inside=True)
+    assert sorted(inside["id"]) == source_ids(url, start, end) and inside["inside"].all()
+    # the same census counted by the database (after every sync)
+    assert MasterParcelsSource(url=url).key_counts(start, end) == (
+        len(census), int(census["inside"].sum()))
 
 
 def test_naive_timestamps_are_read_in_the_source_time_zone(demo_url):
@@ -191,6 +196,10 @@ def test_sql_server_key_census_flags_rows_with_a_case_and_binds_the_range():
                           ":updated_at_1 AND [MasterParcels].updated_at < :updated_at_2) THEN")
     assert sql.endswith("WHERE [MasterParcels].id IS NOT NULL")
     assert "2026" not in sql
+    inside = str(source.key_census_query(*WINDOW, only_inside=True).compile(
+        dialect=mssql.dialect()))
+    assert inside.endswith("WHERE [MasterParcels].id IS NOT NULL AND [MasterParcels].updated_at "
+                           ">= :updated_at_1 AND [MasterParcels].updated_at < :updated_at_2")
 
 
 def test_sql_server_keyset_predicate_is_bound():

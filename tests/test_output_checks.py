@@ -10,24 +10,37 @@ from datetime import timedelta
 
 import pyogrio
 import shapely
-from conftest import AS_OF, LAST_KEY, materialize_range
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, materialize_range
 from dagster import AssetCheckSeverity, AssetSelection, materialize
 from test_deletes import reconcile
 
+from countysync_assets.assets.output_checks import COUNTY, RUN
 from countysync_assets.definitions import all_assets, all_checks
 from countysync_assets.demo_source import churn
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
 
-def run_checks(url, exports, instance, formats: dict | None = None) -> dict:
+def run_checks(url, exports, instance, asset: str = "working", key: str = LAST_KEY,
+               formats: dict | None = None) -> dict:
+    """The checks on ``asset`` alone, for partition ``key`` (as after an incremental sync of
+    that window, or the UI's Execute on a partition's check)."""
     result = materialize([*all_assets, *all_checks], instance=instance,
-                         selection=AssetSelection.checks_for_assets("working"),
+                         tags={"dagster/partition": key},
+                         selection=AssetSelection.checks_for_assets(asset),
                          resources={"source": MasterParcelsSource(url=url),
                                     "io_manager": ExportIOManager(export_dir=str(exports),
                                                                   formats=formats or {})},
                          raise_on_error=False)
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def one_id(path, table: str, where: str) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"SELECT min(id) FROM {table} WHERE {where}").fetchone()[0]
+
+
+IN_LAST = f"updated_at >= '{LAST_KEY}'"  # rows the last window's checks compare by id
 
 
 def test_checks_pass_after_a_sync_and_name_the_parcels_when_outputs_disagree(
@@ -36,17 +49,21 @@ def test_checks_pass_after_a_sync_and_name_the_parcels_when_outputs_disagree(
     assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
     checks = run_checks(demo_url, exports, instance)
     assert checks["outputs_agree"].passed and checks["parcel_id_present"].passed
-    assert checks["outputs_agree"].metadata["parcels"].value == 2_000
+    agree = checks["outputs_agree"].metadata
+    assert agree["parcels"].value == 2_000 and agree["checked"].value == RUN
+    assert 0 < agree["parcels_compared_by_id"].value < 2_000  # the window's, by index
 
+    # a stats row removed outside the checked window: the counts differ, so every id is read
+    gone = one_id(exports / "stats_db.sqlite", "stats", f"updated_at < '{FIRST_KEY}T12'")
+    blank = one_id(exports / "working_db.sqlite", "working", IN_LAST)
     with closing(sqlite3.connect(exports / "stats_db.sqlite")) as conn, conn:
-        gone = conn.execute("SELECT min(id) FROM stats").fetchone()[0]
         conn.execute("DELETE FROM stats WHERE id = ?", (gone,))
     with closing(sqlite3.connect(exports / "working_db.sqlite")) as conn, conn:
-        blank = conn.execute("SELECT max(id) FROM working").fetchone()[0]
         conn.execute("UPDATE working SET parcel_id = NULL WHERE id = ?", (blank,))
     checks = run_checks(demo_url, exports, instance)
     agree, numbered = checks["outputs_agree"], checks["parcel_id_present"]
     assert not agree.passed and agree.metadata["in_working_or_stats_only"].value == 1
+    assert agree.metadata["checked"].value == COUNTY
     assert agree.metadata["sample_ids_working_vs_stats"].value == str(gone)
     assert not numbered.passed and numbered.metadata["sample_ids"].value == str(blank)
 
@@ -65,7 +82,7 @@ def test_outputs_left_out_by_the_formats_setting_are_not_compared(demo_url, tmp_
 
 def test_reconciliation_after_syncs_and_deletes_names_what_is_missing_or_gone(
         demo_url, tmp_path, instance):
-    exports = tmp_path / "exports"
+    exports, working = tmp_path / "exports", tmp_path / "exports" / "working_db.sqlite"
     assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
     check = run_checks(demo_url, exports, instance)["source_rows_published"]
     assert check.passed and check.metadata["missing_from_outputs"].value == 0
@@ -79,24 +96,25 @@ def test_reconciliation_after_syncs_and_deletes_names_what_is_missing_or_gone(
     after = {e.asset_key.path[-1]: e for e in reconciled.get_asset_check_evaluations()}
     assert after["deleted_parcels"].passed  # the delete check left exactly the source's parcels
 
-    with closing(sqlite3.connect(exports / "working_db.sqlite")) as conn, conn:
-        lost = conn.execute("SELECT min(id) FROM working").fetchone()[0]
+    lost = one_id(working, "working", "1 = 1")
+    with closing(sqlite3.connect(working)) as conn, conn:
+        row = conn.execute("SELECT * FROM working WHERE id = ?", (lost,)).fetchone()
         conn.execute("DELETE FROM working WHERE id = ?", (lost,))
     check = run_checks(demo_url, exports, instance)["source_rows_published"]
     assert not check.passed and check.severity == AssetCheckSeverity.ERROR
     assert check.metadata["missing_from_outputs"].value == 1
     assert check.metadata["sample_missing_ids"].value == str(lost)
 
-
-def geometry_checks(url, exports, instance, key: str) -> dict:
-    # checks alone, for one partition (as the UI's Execute on a partition's check does)
-    result = materialize([*all_assets, *all_checks], instance=instance,
-                         tags={"dagster/partition": key},
-                         selection=AssetSelection.checks_for_assets("parcel_geometry"),
-                         resources={"source": MasterParcelsSource(url=url),
-                                    "io_manager": ExportIOManager(export_dir=str(exports))},
-                         raise_on_error=False)
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+    # a parcel of the window lost and one the source never had added: the counts agree, the
+    # window's ids do not
+    with closing(sqlite3.connect(working)) as conn, conn:
+        conn.execute(f"INSERT INTO working VALUES ({', '.join('?' * len(row))})", row)
+        lost = conn.execute(f"SELECT min(id) FROM working WHERE {IN_LAST}").fetchone()[0]
+        conn.execute("UPDATE working SET id = 1000000000 WHERE id = ?", (lost,))
+    check = run_checks(demo_url, exports, instance)["source_rows_published"]
+    assert check.metadata["checked"].value == RUN and not check.passed
+    assert check.metadata["sample_missing_ids"].value == str(lost)
+    assert check.metadata["sample_deleted_ids"].value == "1000000000"
 
 
 def test_each_partition_s_outlines_and_geojson_are_checked(demo_url, tmp_path, instance):
@@ -104,7 +122,7 @@ def test_each_partition_s_outlines_and_geojson_are_checked(demo_url, tmp_path, i
     assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
     layer = pyogrio.read_dataframe(exports / "geo_db.gpkg", layer="parcels")
     in_window = layer[layer["updated_at"].astype(str).str.startswith(LAST_KEY)]
-    checks = geometry_checks(demo_url, exports, instance, LAST_KEY)
+    checks = run_checks(demo_url, exports, instance, "parcel_geometry")
     shapes, geojson = checks["geometry_valid_in_crs"], checks["geojson_in_wgs84"]
     assert shapes.passed and shapes.metadata["outlines_checked"].value == len(in_window) > 0
     assert shapes.metadata["layer_epsg"].value == shapes.metadata["source_epsg"].value
@@ -119,7 +137,7 @@ def test_each_partition_s_outlines_and_geojson_are_checked(demo_url, tmp_path, i
     text = path.read_text()
     first = re.search(r"\[(-?\d+\.\d+),", text)
     path.write_text(text[:first.start(1)] + "1234567.5" + text[first.end(1):])
-    checks = geometry_checks(demo_url, exports, instance, LAST_KEY)
+    checks = run_checks(demo_url, exports, instance, "parcel_geometry")
     shapes, geojson = checks["geometry_valid_in_crs"], checks["geojson_in_wgs84"]
     assert not shapes.passed and shapes.metadata["invalid"].value == 1
     assert shapes.metadata["sample_invalid_ids"].value == str(10**9)

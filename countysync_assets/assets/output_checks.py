@@ -1,19 +1,19 @@
 """Checks a county GIS analyst would run by hand on the published parcels, shown in the UI
 after every run that writes them: the outputs hold the same parcels, every parcel is
 numbered, the source's parcels are all published or rejected (reconciliation, after each
-sync and each delete check), and per partition the run's outlines are valid polygons in the
-source's CRS (blocking) and its GeoJSON files are WGS 84. (One row per id needs no check: each
-output's storage enforces it, a primary key in SQLite and a unique index in the GeoPackage.)
+sync and each delete check), and the run's outlines are valid polygons in the source's CRS
+(blocking) and its GeoJSON files are WGS 84. (One row per id needs no check: each output's
+storage enforces it, a primary key in SQLite and a unique index in the GeoPackage.)
 
-They read the current state the outputs hold (ids and parcel numbers only, in chunks, kept as
-integer indexes; the geometry checks only the run's windows) and the source's keys only (an
-in-range flag computed by the database), so a check never holds the table; the county-wide
-ones cost about 2.5 s per million parcels, after every sync (README, Performance). A failure
-names how many parcels and a sample of their ids.
+After a sync they compare ids in the run's windows (index ranges: the cost follows the rows
+synced, not the county) and the county by counts (each output's rows, the source's keys
+counted by the database); only when the counts disagree do they read every id, to name the
+parcels. The delete check's reconciliation (nightly) compares every id. A failure names how
+many parcels and a sample of their ids.
 """
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -23,11 +23,9 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     ResourceParam,
     TimeWindow,
     asset_check,
-    multi_asset_check,
 )
 
 from countysync_assets.assets.asset_metadata import where_stored
@@ -43,12 +41,15 @@ from countysync_assets.resources.master_parcels_source import (
 SAMPLE = 10  # ids listed in a failing check's metadata
 LAYER = TARGETS["parcel_geometry"]
 POLYGONS = ["Polygon", "MultiPolygon"]
+COUNTY = "every parcel by id"
+RUN = "the run's windows by id, the county by counts"
 
 
-def _chunks(io_manager: ExportIOManager, name: str, columns: list[str]
-            ) -> Iterator[pd.DataFrame]:
-    """``columns`` of the rows the asset's current state holds, chunk by chunk."""
-    return io_manager.iter_columns(name, where_stored(SYNCED[name]), columns)
+def _chunks(io_manager: ExportIOManager, name: str, columns: list[str],
+            window: TimeWindow | None = None) -> Iterator[pd.DataFrame]:
+    """``columns`` of the rows the asset's current state holds (last changed in ``window``,
+    if given), chunk by chunk."""
+    return io_manager.iter_columns(name, where_stored(SYNCED[name]), columns, window)
 
 
 def _ids(chunks: list[pd.Series]) -> pd.Index:
@@ -56,63 +57,122 @@ def _ids(chunks: list[pd.Series]) -> pd.Index:
     return pd.Index(np.concatenate([c.to_numpy() for c in chunks]) if chunks else [])
 
 
-def _held_ids(io_manager: ExportIOManager, name: str) -> pd.Index:
-    return _ids([chunk["id"] for chunk in _chunks(io_manager, name, ["id"])])
+def _held_ids(io_manager: ExportIOManager, name: str, window: TimeWindow | None = None
+              ) -> pd.Index:
+    return _ids([chunk["id"] for chunk in _chunks(io_manager, name, ["id"], window)])
+
+
+def _count(io_manager: ExportIOManager, name: str) -> int:
+    return io_manager.count_rows(name, where_stored(SYNCED[name]))
 
 
 def _sample(ids: pd.Series) -> str:
     return ", ".join(str(i) for i in ids.head(SAMPLE)) + (", ..." if len(ids) > SAMPLE else "")
 
 
-@multi_asset_check(
-    specs=[AssetCheckSpec("outputs_agree", asset="working",
-                          additional_deps=["stats", "parcel_geometry", "geometry_rejects"],
-                          description="working, stats and the parcel layer hold the same "
-                          "parcels (a parcel missing from the layer is listed in "
-                          "geometry_rejects)."),
-           AssetCheckSpec("parcel_id_present", asset="working",
-                          description="Every published parcel has a parcel number."),
-           AssetCheckSpec("source_rows_published", asset="working",
-                          description="Row-count reconciliation after each sync: every source "
-                          "parcel up to the newest synced change is in working or "
-                          "parcel_rejects, and working holds no parcel the source deleted (a "
-                          "warning until the delete check runs).")])
-def published_parcels_checks(source: MasterParcelsSource,
-                             io_manager: ResourceParam[ExportIOManager]
-                             ) -> Iterator[AssetCheckResult]:
-    """The three checks from one read of working's ids and parcel numbers."""
-    ids, blank = [], []
-    for chunk in _chunks(io_manager, "working", ["id", "parcel_id"]):
-        ids.append(chunk["id"])
-        blank.append(chunk["id"][chunk["parcel_id"].isna()
-                                 | (chunk["parcel_id"].astype(str).str.strip() == "")])
-    working = _ids(ids)
-    # outputs COUNTYSYNC_FORMATS does not keep (or keeps only as files) are not compared
-    kept = [name for name in ("stats", "parcel_geometry")
-            if io_manager.holds_state(name, where_stored(SYNCED[name]))]
-    differ = pd.Series(working.symmetric_difference(_held_ids(io_manager, "stats"))
-                       if "stats" in kept else [], dtype=object)
-    unmapped = pd.Series(working.difference(_held_ids(io_manager, "parcel_geometry"))
-                         .difference(_held_ids(io_manager, "geometry_rejects"))
-                         if "parcel_geometry" in kept else [], dtype=object)
-    yield AssetCheckResult(check_name="outputs_agree", passed=differ.empty and unmapped.empty,
-                           metadata={"parcels": len(working),
-                                     "compared_with": ", ".join(kept) or "nothing kept",
-                                     "in_working_or_stats_only": len(differ),
-                                     "sample_ids_working_vs_stats": _sample(differ),
-                                     "not_in_layer_nor_rejected": len(unmapped),
-                                     "sample_ids_not_in_layer": _sample(unmapped)})
-    blank_ids = pd.Series(_ids(blank))
-    yield AssetCheckResult(check_name="parcel_id_present", passed=blank_ids.empty, metadata={
-        "parcels": len(working), "parcels_without_parcel_id": len(blank_ids),
-        "sample_ids": _sample(blank_ids)})
-    yield _reconcile(io_manager, source, working, "source_rows_published")
-
-
 def _run_window(context: AssetCheckExecutionContext) -> TimeWindow:
     """The rows the run published: its partitions' windows (the first one with the
     baseline)."""
     return rows_window(PARTITIONS, context.partition_time_window)
+
+
+@asset_check(asset="working", partitions_def=PARTITIONS,
+             additional_deps=["stats", "parcel_geometry", "geometry_rejects"],
+             description="working, stats and the parcel layer hold the same parcels (a parcel "
+             "missing from the layer is listed in geometry_rejects): the run's by id, the "
+             "county's by count.")
+def outputs_agree(context: AssetCheckExecutionContext,
+                  io_manager: ResourceParam[ExportIOManager]) -> AssetCheckResult:
+    # outputs COUNTYSYNC_FORMATS does not keep (or keeps only as files) are not compared
+    kept = [name for name in ("stats", "parcel_geometry")
+            if io_manager.holds_state(name, where_stored(SYNCED[name]))]
+    mapped = ["parcel_geometry", "geometry_rejects"] if "parcel_geometry" in kept else []
+    counts = {name: _count(io_manager, name) for name in ["working", *kept, *mapped]}
+    agree = (counts.get("stats", counts["working"]) == counts["working"]
+             and (not mapped or sum(counts[name] for name in mapped) == counts["working"]))
+    window = _run_window(context) if agree else None  # else every id, to name the parcels
+    working = _held_ids(io_manager, "working", window)
+    differ = pd.Series(working.symmetric_difference(_held_ids(io_manager, "stats", window))
+                       if "stats" in kept else [], dtype=object)
+    unmapped = pd.Series(working.difference(_held_ids(io_manager, "parcel_geometry", window))
+                         .difference(_held_ids(io_manager, "geometry_rejects", window))
+                         if mapped else [], dtype=object)
+    return AssetCheckResult(passed=agree and differ.empty and unmapped.empty, metadata={
+        "parcels": counts["working"], "compared_with": ", ".join(kept) or "nothing kept",
+        "checked": RUN if agree else COUNTY, "parcels_compared_by_id": len(working),
+        **{f"rows_{name}": count for name, count in counts.items()},
+        "in_working_or_stats_only": len(differ), "sample_ids_working_vs_stats": _sample(differ),
+        "not_in_layer_nor_rejected": len(unmapped),
+        "sample_ids_not_in_layer": _sample(unmapped)})
+
+
+@asset_check(asset="working", partitions_def=PARTITIONS,
+             description="Every parcel the run published has a parcel number.")
+def parcel_id_present(context: AssetCheckExecutionContext,
+                      io_manager: ResourceParam[ExportIOManager]) -> AssetCheckResult:
+    rows, blank = 0, []
+    for chunk in _chunks(io_manager, "working", ["id", "parcel_id"], _run_window(context)):
+        rows += len(chunk)
+        blank.append(chunk["id"][chunk["parcel_id"].isna()
+                                 | (chunk["parcel_id"].astype(str).str.strip() == "")])
+    blank_ids = pd.Series(_ids(blank))
+    return AssetCheckResult(passed=blank_ids.empty, metadata={
+        "parcels_checked": rows, "parcels_without_parcel_id": len(blank_ids),
+        "sample_ids": _sample(blank_ids)})
+
+
+@asset_check(asset="working", name="source_rows_published", partitions_def=PARTITIONS,
+             description="Reconciliation after each sync: every source parcel up to the newest "
+             "synced change is in working or parcel_rejects, and working holds no parcel the "
+             "source deleted (a warning until the delete check runs); the run's windows by "
+             "id, the county by counts.")
+def source_rows_published(context: AssetCheckExecutionContext, source: MasterParcelsSource,
+                          io_manager: ResourceParam[ExportIOManager]) -> AssetCheckResult:
+    until = _synced_until(io_manager)
+    in_source, due = source.key_counts(EARLIEST_CURSOR, until)
+    held = _count(io_manager, "working") + _count(io_manager, "parcel_rejects")
+    if not due <= held <= in_source:  # a parcel missing, or one the source deleted: name them
+        return _reconcile(io_manager, source, _held_ids(io_manager, "working"))
+    window = _run_window(context)
+    synced = (source.key_census(window.start, min(window.end, until), only_inside=True)["id"]
+              if window.start < until else [])
+    published = _held_ids(io_manager, "working", window)
+    missing = pd.Series(pd.Index(synced).difference(published)
+                        .difference(_rejected_ids(io_manager)))
+    # changed in the source since, or deleted there
+    moved = published.difference(pd.Index(synced)).tolist()
+    gone = pd.Series(pd.Index(moved).difference(source.rows_with_keys(moved)[source.key_column]))
+    return _reconciled(missing, gone, {
+        "checked": RUN, "source_parcels": in_source, "published_parcels": _count(
+            io_manager, "working"), "rejected_parcels": _count(io_manager, "parcel_rejects"),
+        "synced_through": _synced_text(until)})
+
+
+def _synced_until(io_manager: ExportIOManager) -> datetime:
+    """Just after the newest change the outputs hold (1970 if none): what a sync has read."""
+    newest = io_manager.newest_synced({"working": SYNCED["working"]})
+    return newest + timedelta(microseconds=1) if newest else EARLIEST_CURSOR
+
+
+def _synced_text(until: datetime) -> str:
+    return "" if until == EARLIEST_CURSOR else (until - timedelta(microseconds=1)).isoformat()
+
+
+def _rejected_ids(io_manager: ExportIOManager) -> pd.Index:
+    """The numeric ids parcel_rejects lists (a key that is not a number is in no output)."""
+    return pd.Index(pd.to_numeric(_held_ids(io_manager, "parcel_rejects"),
+                                  errors="coerce")).dropna()
+
+
+def _reconciled(missing: pd.Series, gone: pd.Series, metadata: dict) -> AssetCheckResult:
+    """The reconciliation's result: missing parcels an error, deleted ones a warning."""
+    return AssetCheckResult(
+        check_name="source_rows_published", passed=missing.empty and gone.empty,
+        severity=AssetCheckSeverity.ERROR if len(missing) else AssetCheckSeverity.WARN,
+        metadata={**metadata, "missing_from_outputs": len(missing),
+                  "sample_missing_ids": _sample(missing),
+                  "deleted_in_source_still_published": len(gone),
+                  "sample_deleted_ids": _sample(gone)})
 
 
 @asset_check(asset="parcel_geometry", partitions_def=PARTITIONS, blocking=True,
@@ -165,30 +225,21 @@ def geojson_in_wgs84(context: AssetCheckExecutionContext,
 
 
 def _reconcile(io_manager: ExportIOManager, source: MasterParcelsSource,
-               published: pd.Index, check_name: str | None = None) -> AssetCheckResult:
-    """Source ids against what the outputs hold (``published``: working's ids): every parcel
-    the source had by the newest sync is published or listed in parcel_rejects, and nothing
-    published is gone from the source (a pending delete, a warning until the delete check
-    removes it)."""
-    newest = io_manager.newest_synced({"working": SYNCED["working"]})
+               published: pd.Index) -> AssetCheckResult:
+    """Every source id against what the outputs hold (``published``: working's ids): every
+    parcel the source had by the newest sync is published or listed in parcel_rejects, and
+    nothing published is gone from the source (a pending delete, a warning until the delete
+    check removes it)."""
+    until = _synced_until(io_manager)
     # due: the rows a window holds (unplaced ones are listed in unplaced_parcels) up to the
     # newest synced change
-    census = source.key_census(EARLIEST_CURSOR, newest + timedelta(microseconds=1)
-                               if newest else EARLIEST_CURSOR)
+    census = source.key_census(EARLIEST_CURSOR, until)
     in_source, due = pd.Index(census["id"]), pd.Index(census["id"][census["inside"]])
-    rejected = pd.Index(pd.to_numeric(_ids([c["id"] for c in _chunks(
-        io_manager, "parcel_rejects", ["id"])]), errors="coerce")).dropna()
-    missing = pd.Series(due.difference(published).difference(rejected))
-    gone = pd.Series(published.difference(in_source))
-    return AssetCheckResult(
-        check_name=check_name, passed=missing.empty and gone.empty,
-        severity=AssetCheckSeverity.ERROR if len(missing) else AssetCheckSeverity.WARN,
-        metadata={"source_parcels": len(in_source), "published_parcels": len(published),
-                  "rejected_parcels": len(rejected),
-                  "synced_through": newest.isoformat() if newest else "",
-                  "missing_from_outputs": len(missing), "sample_missing_ids": _sample(missing),
-                  "deleted_in_source_still_published": len(gone),
-                  "sample_deleted_ids": _sample(gone)})
+    rejected = _rejected_ids(io_manager)
+    return _reconciled(pd.Series(due.difference(published).difference(rejected)),
+                       pd.Series(published.difference(in_source)), {
+        "checked": COUNTY, "source_parcels": len(in_source), "published_parcels": len(published),
+        "rejected_parcels": len(rejected), "synced_through": _synced_text(until)})
 
 
 @asset_check(asset="deleted_parcels", name="source_rows_published",

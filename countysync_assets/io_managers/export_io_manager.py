@@ -329,7 +329,7 @@ class ExportIOManager(ConfigurableIOManager):
         """Whether asset ``name`` keeps its current state in a format that can be read back
         (SQLite or GeoPackage), so checks can compare it; not where COUNTYSYNC_FORMATS leaves
         it out or writes only files."""
-        return any(fmt in LOADABLE for fmt in self.formats_of(name, metadata))
+        return self._state_format(name, metadata) is not None
 
     def manager(self, fmt: str) -> FormatIOManager:
         settings = {"export_dir": self.export_dir, "lock_wait_seconds": self.lock_wait_seconds}
@@ -366,14 +366,23 @@ class ExportIOManager(ConfigurableIOManager):
         values = [v for v in values if v]
         return datetime.fromisoformat(max(values)) if values else None
 
-    def iter_columns(self, name: str, metadata: dict, columns: list[str]
-                     ) -> Iterator[pd.DataFrame]:
-        """``columns`` of every row asset ``name`` holds, in chunks, from its first format
-        that can be read (SQLite or GeoPackage); nothing if it was never written."""
-        for fmt in self.formats_of(name, metadata):
-            if fmt in LOADABLE:
-                yield from self.manager(fmt).iter_columns(name, metadata, columns)
-                return
+    def _state_format(self, name: str, metadata: dict) -> str | None:
+        """The first format of asset ``name`` that keeps its current state (see
+        ``holds_state``)."""
+        return next((fmt for fmt in self.formats_of(name, metadata) if fmt in LOADABLE), None)
+
+    def iter_columns(self, name: str, metadata: dict, columns: list[str],
+                     window: TimeWindow | None = None) -> Iterator[pd.DataFrame]:
+        """``columns`` of every row asset ``name`` holds (last changed in ``window``, if
+        given), in chunks, from its first format that can be read (SQLite or GeoPackage);
+        nothing if it was never written."""
+        if fmt := self._state_format(name, metadata):
+            yield from self.manager(fmt).iter_columns(name, metadata, columns, window)
+
+    def count_rows(self, name: str, metadata: dict) -> int:
+        """How many rows asset ``name``'s current state holds (0 if it keeps none)."""
+        fmt = self._state_format(name, metadata)
+        return self.manager(fmt).count(name, metadata) if fmt else 0
 
     def iter_features(self, name: str, metadata: dict, columns: list[str],
                       ids: list[int] | None = None, window: TimeWindow | None = None,

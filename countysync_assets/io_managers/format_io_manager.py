@@ -27,6 +27,7 @@ from countysync_assets.io_managers.publishing import (
     StagedWrite,
     asset_name,
     export_path,
+    quote,
     staged_files,
     temp_sibling,
     timestamps_to_iso,
@@ -83,6 +84,13 @@ def input_window(context: InputContext) -> TimeWindow | None:
                                             partitions_def.get_last_partition_key()):
         return None
     return rows_window(partitions_def, context.asset_partitions_time_window)
+
+
+def in_window(cursor: str, window: TimeWindow) -> str:
+    """A filter in both SQLite's and OGR's SQL: the rows whose ``cursor`` (UTC ISO text, as
+    every output stores it) falls in ``window``."""
+    return (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
+            f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
 
 
 def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from countysync_assets.io_managers.format_io_manager import (
     FormatIOManager,
     OutputTarget,
     RemovalWriter,
+    in_window,
     input_window,
 )
 from countysync_assets.io_managers.output_transactions import OutputTransactions
@@ -41,7 +42,13 @@ from countysync_assets.io_managers.publishing import (
     quote,
     temp_sibling,
 )
-from countysync_assets.io_managers.sqlite_io_manager import newer_rule, read_chunks, to_rows
+from countysync_assets.io_managers.sqlite_io_manager import (
+    count_rows,
+    cursor_index,
+    newer_rule,
+    read_chunks,
+    to_rows,
+)
 
 GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
 # GeoPackage 1.2, which every reader in use opens without a warning (GDAL 3.6 and QGIS 3.22
@@ -82,12 +89,15 @@ def _register_gpkg_functions(conn: sqlite3.Connection) -> None:
         )
 
 
-def _stage_new(path: Path, temp: Path, layer: str, keys: list[str]) -> StagedWrite:
+def _stage_new(path: Path, temp: Path, layer: str, keys: list[str], cursor: str | None
+               ) -> StagedWrite:
     with sqlite3.connect(temp) as conn:
         conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
         if keys:
             conn.execute(f"CREATE UNIQUE INDEX {quote(f'ux_{layer}_key')} ON {quote(layer)} "
                          f"({', '.join(quote(k) for k in keys)})")
+        if cursor:  # a window's features (checks, downstream reads) by an index range
+            cursor_index(conn, layer, cursor)
         rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
     conn.close()
     return StagedWrite(
@@ -118,6 +128,8 @@ def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
         if keys:
             conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
                          f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
+        if cursor:  # layers written before it had one get it once
+            cursor_index(conn, layer, cursor)
         names = ", ".join(quote(c) for c in columns)
         table, staged_rows = quote(layer), f"staged.{quote(layer)} AS s"
         # An UPDATE, then an INSERT of the new keys, not one upsert: GDAL's R-tree triggers
@@ -193,7 +205,7 @@ class GeoPackageWriter(BatchWriter):
                 staged = _stage_merge(self.path, self.temp, self.layer, self.columns,
                                       self.keys, self.cursor, self.files)
             else:
-                staged = _stage_new(self.path, self.temp, self.layer, self.keys)
+                staged = _stage_new(self.path, self.temp, self.layer, self.keys, self.cursor)
         except BaseException:
             self.discard()
             raise
@@ -243,12 +255,6 @@ class GeoPackageRemovals(RemovalWriter):
             self.staged.rollback()
 
 
-def in_window(cursor: str, window: TimeWindow) -> str:
-    """An OGR SQL filter: the features whose ``cursor`` (UTC text) falls in ``window``."""
-    return (f"{quote(cursor)} >= '{window.start:%Y-%m-%dT%H:%M:%S}' AND "
-            f"{quote(cursor)} < '{window.end:%Y-%m-%dT%H:%M:%S}'")
-
-
 class GeoPackageIOManager(FormatIOManager):
     """Current state in ``<export_dir>/<file_name>``, one layer per asset."""
 
@@ -260,12 +266,19 @@ class GeoPackageIOManager(FormatIOManager):
         layer = metadata.get(GPKG_LAYER) or asset_name(context)
         return export_path(self.export_dir, self.file_name), layer
 
-    def iter_columns(self, asset: str, metadata: dict, columns: list[str]
-                     ) -> Iterator[pd.DataFrame]:
-        """``columns`` of every feature of ``asset``'s layer, in chunks, without geometry
-        (read with sqlite3, as the writes are)."""
+    def iter_columns(self, asset: str, metadata: dict, columns: list[str],
+                     window: TimeWindow | None = None) -> Iterator[pd.DataFrame]:
+        """``columns`` of every feature of ``asset``'s layer (whose cursor falls in
+        ``window``, if given), in chunks, without geometry (read with sqlite3, as the writes
+        are)."""
         path = export_path(self.export_dir, self.file_name)
-        yield from read_chunks(path, metadata.get(GPKG_LAYER) or asset, columns)
+        yield from read_chunks(path, metadata.get(GPKG_LAYER) or asset, columns,
+                               window and in_window(metadata.get(CURSOR_COLUMN), window))
+
+    def count(self, asset: str, metadata: dict) -> int:
+        """How many features ``asset``'s layer holds."""
+        return count_rows(export_path(self.export_dir, self.file_name),
+                          metadata.get(GPKG_LAYER) or asset)
 
     def iter_features(self, asset: str, metadata: dict, columns: list[str],
                       ids: list[int] | None = None, window: TimeWindow | None = None,

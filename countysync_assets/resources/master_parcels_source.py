@@ -474,29 +474,44 @@ class MasterParcelsSource(ConfigurableResource):
                 yield batch
                 last = batch[-1]
 
-    def key_census_query(self, since: datetime, until: datetime) -> sa.Select:
+    def key_census_query(self, since: datetime, until: datetime, only_inside: bool = False
+                         ) -> sa.Select:
         """Each key and 1 where ``since`` <= cursor < ``until`` (a CASE: SQL Server has no
-        boolean in a select list), 0 elsewhere."""
+        boolean in a select list), 0 elsewhere; ``only_inside``: just the keys inside."""
         table = self.table_ref()
         key, cursor = table.c[self.key_column], table.c[self.cursor_column]
         inside = sa.and_(cursor >= self._to_source_time(table, since),
                          cursor < self._to_source_time(table, until))
-        return sa.select(key, sa.case((inside, 1), else_=0)).where(key.is_not(None))
+        query = sa.select(key, sa.case((inside, 1), else_=0).label("inside")) \
+            .where(key.is_not(None))
+        return query.where(inside) if only_inside else query
 
-    def key_census(self, since: datetime, until: datetime) -> pd.DataFrame:
-        """Every key in the table (``id``), and whether its row has ``since`` <= cursor <
-        ``until`` (UTC; ``inside``), read in batches through the driver's own cursor: keys
-        and a flag computed by the database travel, so reconciling a county's ids after a
-        sync costs about half a second per million rows."""
+    def key_census(self, since: datetime, until: datetime, only_inside: bool = False
+                   ) -> pd.DataFrame:
+        """Every key in the table (``id``; ``only_inside``: only those of the rows inside the
+        range), and whether its row has ``since`` <= cursor < ``until`` (UTC; ``inside``),
+        read in batches through the driver's own cursor: keys and a flag computed by the
+        database travel, so reconciling a county's ids costs about half a second per million
+        rows."""
         frames = []
         with self._reading(), self.get_engine().connect() as conn:
             # the driver's cursor: rows as tuples, no SQLAlchemy row objects (3x faster)
-            raw = conn.execute(self.key_census_query(since, until)).cursor
+            raw = conn.execute(self.key_census_query(since, until, only_inside)).cursor
             while rows := raw.fetchmany(self.batch_size):
                 frames.append(pd.DataFrame(rows, columns=["id", "inside"]))
         census = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
             {"id": pd.Series([], dtype="int64"), "inside": pd.Series([], dtype="int64")})
         return census.astype({"inside": bool})
+
+    def key_counts(self, since: datetime, until: datetime) -> tuple[int, int]:
+        """How many rows have a key, and how many of them have ``since`` <= cursor < ``until``
+        (UTC): the census counted by the database, one row back, for the reconciliation
+        after every sync."""
+        census = self.key_census_query(since, until).subquery()
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(census.c.inside), 0))
+        with self._reading(), self.get_engine().connect() as conn:
+            keys, inside_count = conn.execute(query.select_from(census)).one()
+        return int(keys), int(inside_count)
 
     def rows_with_keys(self, keys: list) -> pd.DataFrame:
         """The rows with these keys (a few thousand at most: parcels a map must draw that no

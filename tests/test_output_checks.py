@@ -92,6 +92,7 @@ def test_reconciliation_after_syncs_and_deletes_names_what_is_missing_or_gone(
     check = run_checks(demo_url, exports, instance)["source_rows_published"]
     assert not check.passed and check.severity == AssetCheckSeverity.WARN
     assert check.metadata["deleted_in_source_still_published"].value == 3
+    assert check.metadata["checked"].value == RUN  # counted: the delete check names them
     reconciled = reconcile(demo_url, exports, instance)
     after = {e.asset_key.path[-1]: e for e in reconciled.get_asset_check_evaluations()}
     assert after["deleted_parcels"].passed  # the delete check left exactly the source's parcels

@@ -427,11 +427,11 @@ class ExportIOManager(ConfigurableIOManager):
             raise clear from None
 
     def load_input(self, context: InputContext) -> Any:
-        chosen = self.formats_for(context)
-        for fmt in chosen:
-            if fmt in LOADABLE:
-                return self.manager(fmt).load_input(context)
+        metadata = context.upstream_output.definition_metadata or {}
+        if fmt := self._state_format(asset_name(context), metadata):
+            return self.manager(fmt).load_input(context)
         raise TypeError(
-            f"{context.asset_key.to_user_string()} is written only as {chosen}, which cannot be "
-            "read back; add 'sqlite' (or 'gpkg') to its formats to use it as an input."
+            f"{context.asset_key.to_user_string()} is written only as "
+            f"{self.formats_for(context)}, which cannot be read back; add 'sqlite' (or 'gpkg') "
+            "to its formats to use it as an input."
         )

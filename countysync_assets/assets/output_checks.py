@@ -87,10 +87,12 @@ def outputs_agree(context: AssetCheckExecutionContext,
     # outputs COUNTYSYNC_FORMATS does not keep (or keeps only as files) are not compared
     kept = [name for name in ("stats", "parcel_geometry")
             if io_manager.holds_state(name, where_stored(SYNCED[name]))]
-    mapped = ["parcel_geometry", "geometry_rejects"] if "parcel_geometry" in kept else []
-    counts = {name: _count(io_manager, name) for name in dict.fromkeys(["working", *kept, *mapped])}
+    mapped = "parcel_geometry" in kept  # then each parcel is in the layer or geometry_rejects
+    counts = {name: _count(io_manager, name)
+              for name in ["working", *kept, *(["geometry_rejects"] if mapped else [])]}
     agree = (counts.get("stats", counts["working"]) == counts["working"]
-             and (not mapped or sum(counts[name] for name in mapped) == counts["working"]))
+             and (not mapped or counts["parcel_geometry"] + counts["geometry_rejects"]
+                  == counts["working"]))
     window = _run_window(context) if agree else None  # else every id, to name the parcels
     working = _held_ids(io_manager, "working", window)
     differ = pd.Series(working.symmetric_difference(_held_ids(io_manager, "stats", window))

@@ -141,9 +141,11 @@ def read_chunks(path: Path, table: str, columns: list[str], where: str | None = 
 def count_rows(path: Path, table: str) -> int:
     """How many rows ``table`` in the SQLite file ``path`` holds (0 if none): SQLite counts
     the entries of its smallest index, tens of milliseconds per million rows."""
-    if not has_table(path, table):
+    if not path.is_file():
         return 0
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        if not table_exists(conn, table):
+            return 0
         return conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pyogrio
 import shapely
 from conftest import AS_OF, LAST_KEY, materialize_range
-from matplotlib.image import imread
+from PIL import Image
 from test_deletes import reconcile
 from test_end_to_end import materialization_metadata
 
-from countysync_assets.assets.change_map import COLOURS, OUTLINES, SIZE_INCHES, ChangeMap
+from countysync_assets.assets.change_map import COLOURS, HEIGHT, OUTLINES, WIDTH, ChangeMap
 from countysync_assets.demo_source import churn
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
@@ -26,7 +26,8 @@ def shown(markdown: str) -> tuple[dict[str, int], np.ndarray]:
     counts = {kind: int(n.replace(",", ""))
               for n, kind in re.findall(r"([\d,]+) (inserted|updated|deleted)", markdown)}
     data = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown).group(1)
-    return counts, imread(io.BytesIO(base64.b64decode(data)), format="png")[:, :, :3]
+    picture = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    return counts, np.asarray(picture) / 255
 
 
 def pixels_of(picture: np.ndarray, kind: str) -> int:
@@ -47,7 +48,7 @@ def test_each_run_maps_what_it_changed_and_a_rerun_maps_nothing(demo_url, tmp_pa
     counts, picture = shown(
         materialization_metadata(instance, "parcel_geometry")[0]["run_change_map"].value)
     assert counts == {"inserted": len(first)}
-    assert picture.shape[:2] == (SIZE_INCHES[1] * 100, SIZE_INCHES[0] * 100)
+    assert picture.shape[:2] == (HEIGHT, WIDTH) == (360, 480)
     assert pixels_of(picture, "inserted") > 2_000  # the parcels, not only the legend's patch
     assert pixels_of(picture, "updated") == 0
 

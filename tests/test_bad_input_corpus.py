@@ -24,6 +24,7 @@ from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import create_demo_source
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+from countysync_assets.sensors.source_changes_sensor import newest_end
 
 pytestmark = pytest.mark.faults
 SQUARE = "POLYGON ((1950000 300000, 1950100 300000, 1950100 300100, 1950000 300100, " \
@@ -250,6 +251,15 @@ def test_every_source_row_is_accounted_for_and_the_outputs_agree(corpus):
     assert keyed == {str(i) for i in raw} | rejects | set(unplaced["id"].dropna())
     assert sum(row_id is None for row_id, _ in source) == unplaced["id"].isna().sum() == 1
     assert len(raw) == 600 - len(REMOVED), "every other parcel was published"
+
+
+def test_the_sensor_counts_exactly_the_unplaced_rows(corpus):
+    """The change sensor counts the rows no window can hold on every tick (by ranges of the
+    cursor's index, NULL keys and cursors apart): the same rows the delete check lists."""
+    *_, source, _instance, _run = corpus
+    unplaced = sum(outcome == "unplaced" for *_, outcome, _e in CORPUS)
+    assert source.count_unplaced(newest_end()) == unplaced == sum(
+        len(rows) for rows in source.iter_unplaced(newest_end()))
 
 
 def test_counts_are_in_the_run_metadata(corpus, reliability):

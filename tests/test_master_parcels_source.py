@@ -202,6 +202,17 @@ def test_sql_server_key_census_flags_rows_with_a_case_and_binds_the_range():
                            ">= :updated_at_1 AND [MasterParcels].updated_at < :updated_at_2")
 
 
+def test_sql_server_unplaced_count_is_ranges_of_the_cursor_index():
+    """The sensor's count of rows no window can hold, on every tick: disjoint index ranges of
+    the cursor, not one OR that scans the table (the demo's key is NOT NULL; its cursor too)."""
+    source = sql_server()
+    source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
+    sql = str(source.unplaced_count_query(WINDOW[1]).compile(dialect=mssql.dialect()))
+    assert sql.count("SELECT count(*)") == 2 and " OR " not in sql and "2026" not in sql
+    assert "WHERE [MasterParcels].updated_at < :updated_at_1) + (SELECT count(*)" in sql
+    assert sql.endswith("WHERE [MasterParcels].updated_at >= :updated_at_2) AS anon_1")
+
+
 def test_sql_server_keyset_predicate_is_bound():
     sql = compiled_page(sql_server(), after=(datetime(2026, 5, 30, tzinfo=UTC), 17))
     assert ("([MasterParcels].updated_at > :updated_at_3 OR [MasterParcels].updated_at = "

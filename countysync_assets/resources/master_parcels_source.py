@@ -554,11 +554,25 @@ class MasterParcelsSource(ConfigurableResource):
             while rows := result.fetchmany(self.batch_size):
                 yield pd.DataFrame(rows, columns=list(result.keys()), dtype=object)
 
-    def count_unplaced(self, until: datetime) -> int:
-        """How many rows no window can hold (see ``_unplaced``)."""
+    def unplaced_count_query(self, until: datetime) -> sa.Select:
+        """How many rows no window can hold (see ``_unplaced``), counted as disjoint parts
+        that are each a range of the cursor's index (the sensor counts on every tick: one
+        OR over the table is a scan of it); NULLs only where the column may hold them."""
         table = self.table_ref()
-        return self._scalar(sa.select(sa.func.count()).select_from(table)
-                            .where(self._unplaced(table, until)))
+        cursor, key = table.c[self.cursor_column], table.c[self.key_column]
+        low, high = (self._to_source_time(table, moment) for moment in (EARLIEST_CURSOR, until))
+        parts = [cursor < low, cursor >= high]
+        if cursor.nullable:
+            parts.append(cursor.is_(None))
+        if key.nullable:
+            parts.append(sa.and_(key.is_(None), cursor >= low, cursor < high))
+        counts = [sa.select(sa.func.count()).select_from(table).where(part).scalar_subquery()
+                  for part in parts]
+        return sa.select(sum(counts[1:], counts[0]))
+
+    def count_unplaced(self, until: datetime) -> int:
+        """How many rows no window can hold."""
+        return self._scalar(self.unplaced_count_query(until))
 
     def _between(self, query: sa.Select, table: sa.Table, since: datetime | None,
                  until: datetime | None) -> sa.Select:

@@ -1,7 +1,7 @@
 """A small map of what one run changed, shown with the run's materialization in the Dagster UI.
 
 Parcels are coloured by what the run did to them: inserted (green), updated (blue), deleted
-(red). A run feeds its batches in as it goes and keeps only their centroids (16 bytes a
+(red). A run feeds its batches in as it goes and keeps only their centres (16 bytes a
 parcel) and the outlines of the first few thousand, so a first sync of a million parcels costs
 a few megabytes: a run that changed few parcels is drawn as outlines, a big one as dots. The
 PNG goes into the metadata as a markdown image, which the UI displays. It is drawn with Pillow
@@ -24,15 +24,24 @@ OUTLINES = 5_000  # parcels drawn as outlines; beyond, every changed parcel is a
 WIDTH, HEIGHT, MARGIN = 480, 360, 4  # a 480 x 360 PNG: a few tens of KB in the event log
 
 
+def _milliseconds(times: pd.Series) -> np.ndarray:
+    """UTC times as datetime64 to the millisecond, as the GeoPackage stores them (NaT for
+    none); a plain array, not one Timestamp object per row."""
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):  # to_datetime costs ~10 ms a batch
+        times = pd.to_datetime(times, utc=True)
+    return times.dt.tz_convert(None).dt.floor("ms").to_numpy()
+
+
 def changes(batch: pd.DataFrame, published: pd.DataFrame) -> pd.Series:
     """``inserted``/``updated`` for each row of ``batch`` (id, updated_at) that changes what
     ``published`` (the same columns, as the layer held those ids before the run) holds; None
-    for an unchanged row (newer wins: a rerun changes nothing, so it draws nothing). Compared
-    to the millisecond, as the GeoPackage stores times."""
-    before = pd.to_datetime(published.set_index("id")["updated_at"], utc=True) \
-        .reindex(batch["id"].to_numpy()).dt.floor("ms").to_numpy()
-    now = pd.to_datetime(batch["updated_at"], utc=True).dt.floor("ms").to_numpy()
-    kinds = np.where(pd.isna(before), "inserted", np.where(now > before, "updated", None))
+    for an unchanged row (newer wins: a rerun changes nothing, so it draws nothing)."""
+    if published.empty:
+        return pd.Series("inserted", index=batch.index, dtype=object)
+    now = _milliseconds(batch["updated_at"])
+    before = pd.Series(_milliseconds(published["updated_at"]), index=published["id"].to_numpy()
+                       ).reindex(batch["id"].to_numpy()).to_numpy()
+    kinds = np.where(np.isnat(before), "inserted", np.where(now > before, "updated", None))
     return pd.Series(kinds, index=batch.index, dtype=object)
 
 
@@ -53,7 +62,10 @@ class ChangeMap:
         if not len(parcels):
             return
         self.crs = parcels.crs
-        self.points[kind].append(shapely.get_coordinates(shapely.centroid(parcels.values)))
+        # the centre of each outline's box: a dot at the map's scale, 15x cheaper than GEOS's
+        # centroid (1 s of a first sync of a million parcels)
+        bounds = shapely.bounds(parcels.values)
+        self.points[kind].append((bounds[:, :2] + bounds[:, 2:]) / 2)
         room = OUTLINES - sum(len(s) for part in self.shapes.values() for s in part)
         if room > 0:
             self.shapes[kind].append(parcels.iloc[:room])

@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import pandas as pd
 from dagster import (
     ConfigurableIOManager,
@@ -386,7 +385,7 @@ class ExportIOManager(ConfigurableIOManager):
 
     def iter_features(self, name: str, metadata: dict, columns: list[str],
                       ids: list[int] | None = None, window: TimeWindow | None = None,
-                      geometry: bool = True) -> Iterator[gpd.GeoDataFrame]:
+                      geometry: bool = True) -> Iterator[pd.DataFrame]:
         """``columns`` and (unless ``geometry`` is False) the geometry of the features asset
         ``name`` holds (those with ``ids``, or last changed in ``window``, if given), in
         chunks, from its GeoPackage layer; nothing if it has none."""

@@ -283,26 +283,31 @@ class GeoPackageIOManager(FormatIOManager):
     def iter_features(self, asset: str, metadata: dict, columns: list[str],
                       ids: list[int] | None = None, window: TimeWindow | None = None,
                       geometry: bool = True, chunk: int = 50_000
-                      ) -> Iterator[gpd.GeoDataFrame]:
+                      ) -> Iterator[pd.DataFrame]:
         """``columns`` and (unless ``geometry`` is False) the geometry of the features of
         ``asset``'s layer (only those with these integer ``ids``, or whose cursor falls in
-        ``window``, if given), ``chunk`` at a time; nothing if the layer was never written."""
+        ``window``, if given), ``chunk`` at a time, streamed in one pass as Arrow batches;
+        nothing if the layer was never written."""
         path = export_path(self.export_dir, self.file_name)
         if not path.exists() or ids == []:
             return
-        layer = metadata.get(GPKG_LAYER) or asset
         where = None
         if ids is not None:  # at most a batch of ids: one read (the id is indexed)
-            where, chunk = f"id IN ({', '.join(str(int(i)) for i in ids)})", len(ids)
+            where = f"id IN ({', '.join(str(int(i)) for i in ids)})"
         elif window is not None:
             where = in_window(metadata.get(CURSOR_COLUMN) or "updated_at", window)
-        for skip in range(0, pyogrio.read_info(path, layer=layer)["features"] or 1, chunk):
-            features = pyogrio.read_dataframe(path, layer=layer, columns=columns, where=where,
-                                              skip_features=skip, max_features=chunk,
-                                              read_geometry=geometry, use_arrow=True)
-            if where is not None and not len(features):
-                return
-            yield features
+        with pyogrio.open_arrow(path, layer=metadata.get(GPKG_LAYER) or asset, columns=columns,
+                                where=where, read_geometry=geometry, batch_size=chunk,
+                                use_pyarrow=True) as (meta, batches):
+            for batch in batches:
+                if not geometry:
+                    yield batch.to_pandas()
+                    continue
+                shapes = meta["geometry_name"] or "wkb_geometry"
+                yield gpd.GeoDataFrame(
+                    batch.drop_columns(shapes).to_pandas(),
+                    geometry=shapely.from_wkb(batch[shapes].to_numpy(zero_copy_only=False)),
+                    crs=meta["crs"])
 
     def open(self, target: OutputTarget, files: OutputTransactions) -> BatchWriter:
         layer = target.metadata.get(GPKG_LAYER) or target.name

@@ -24,9 +24,10 @@ OUTLINES = 5_000  # parcels drawn as outlines; beyond, every changed parcel is a
 WIDTH, HEIGHT, MARGIN = 480, 360, 4  # a 480 x 360 PNG: a few tens of KB in the event log
 
 
-def _milliseconds(times: pd.Series) -> np.ndarray:
-    """UTC times as datetime64 to the millisecond, as the GeoPackage stores them (NaT for
-    none); a plain array, not one Timestamp object per row."""
+def milliseconds(times: pd.Series) -> np.ndarray:
+    """UTC times as naive datetime64 to the millisecond, as the GeoPackage stores them (NaT
+    for none), to compare a layer's times with others: a plain array, not one Timestamp
+    object per row."""
     if not isinstance(times.dtype, pd.DatetimeTZDtype):  # to_datetime costs ~10 ms a batch
         times = pd.to_datetime(times, utc=True)
     return times.dt.tz_convert(None).dt.floor("ms").to_numpy()
@@ -38,8 +39,8 @@ def changes(batch: pd.DataFrame, published: pd.DataFrame) -> pd.Series:
     for an unchanged row (newer wins: a rerun changes nothing, so it draws nothing)."""
     if published.empty:
         return pd.Series("inserted", index=batch.index, dtype=object)
-    now = _milliseconds(batch["updated_at"])
-    before = pd.Series(_milliseconds(published["updated_at"]), index=published["id"].to_numpy()
+    now = milliseconds(batch["updated_at"])
+    before = pd.Series(milliseconds(published["updated_at"]), index=published["id"].to_numpy()
                        ).reindex(batch["id"].to_numpy()).to_numpy()
     kinds = np.where(np.isnat(before), "inserted", np.where(now > before, "updated", None))
     return pd.Series(kinds, index=batch.index, dtype=object)

@@ -39,6 +39,7 @@ from pydantic import Field
 
 from countysync_assets.assets.asset_metadata import where_stored
 from countysync_assets.assets.automation import once_settled
+from countysync_assets.assets.change_map import milliseconds
 from countysync_assets.assets.deleted_parcels import TARGETS, UNPLACED_STORAGE
 from countysync_assets.assets.master_parcels import REJECTS_STORAGE, SYNCED
 from countysync_assets.assets.parcel_geometry import parse_geometry
@@ -122,14 +123,13 @@ def sync_status_map(config: StatusMapConfig, source: MasterParcelsSource,
     # one row per id, its newest version (a duplicated key is the sync's reject to report)
     in_source = in_source[whole].assign(id=keys[whole].astype("int64")) \
         .drop_duplicates("id", keep="last")
-    current = in_source.set_index("id")["updated_at"].dt.floor("ms")
+    current = pd.Series(milliseconds(in_source["updated_at"]), index=in_source["id"].to_numpy())
     rejected = _rejected(io_manager)
     features, counts, synced_drawn, in_layer = [], dict.fromkeys(COLOURS, 0), 0, []
     for chunk in io_manager.iter_features("parcel_geometry", LAYER,
                                           ["id", "parcel_id", "updated_at"]):
         now = current.reindex(chunk["id"].to_numpy()).to_numpy()
-        held = pd.to_datetime(chunk["updated_at"], utc=True).dt.floor("ms").to_numpy()
-        synced = pd.Series(now == held, index=chunk.index)
+        synced = pd.Series(now == milliseconds(chunk["updated_at"]), index=chunk.index)
         status = synced.map({True: "synced", False: "pending"})
         why = pd.Series(None, index=chunk.index, dtype=object)
         why[~synced] = "changed in the source since the sync"

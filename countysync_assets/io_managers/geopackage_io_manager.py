@@ -299,11 +299,11 @@ class GeoPackageIOManager(FormatIOManager):
         with pyogrio.open_arrow(path, layer=metadata.get(GPKG_LAYER) or asset, columns=columns,
                                 where=where, read_geometry=geometry, batch_size=chunk,
                                 use_pyarrow=True) as (meta, batches):
+            shapes = meta["geometry_name"] or "wkb_geometry"
             for batch in batches:
                 if not geometry:
                     yield batch.to_pandas()
                     continue
-                shapes = meta["geometry_name"] or "wkb_geometry"
                 yield gpd.GeoDataFrame(
                     batch.drop_columns(shapes).to_pandas(),
                     geometry=shapely.from_wkb(batch[shapes].to_numpy(zero_copy_only=False)),

@@ -267,12 +267,13 @@ class SQLiteWriter(BatchWriter):
 
     def finish(self) -> StagedWrite:
         try:
-            if self.keys and self.statement is not None:
-                self._merge()
-            elif self.statement is not None:
-                self.counts["inserted"] = self.counts["rows_in"]
-            if self.cursor and self.statement is not None:
-                cursor_index(self.conn, self.table, self.cursor)
+            if self.statement is not None:  # something was written
+                if self.keys:
+                    self._merge()
+                else:
+                    self.counts["inserted"] = self.counts["rows_in"]
+                if self.cursor:
+                    cursor_index(self.conn, self.table, self.cursor)
             counts = {**self.counts, "seconds": round(time.monotonic() - self.started, 3),
                       "watermark_after": watermark(self.conn, self.table, self.cursor)
                       if self.statement is not None else None}

@@ -386,20 +386,22 @@ class MasterParcelsSource(ConfigurableResource):
         """One page of rows. SQLite's text is decoded by sqlite3 itself (a Python decoder
         called for each value took a third of the read); a page holding text that is not
         UTF-8 fails that decoding and is read again with ``_text_or_bytes``."""
-        dbapi = conn.connection.driver_connection if self.dialect_name == "sqlite" else None
-        if dbapi is not None:
-            dbapi.text_factory = str
-        try:
+        def fetch() -> pd.DataFrame:
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+        if self.dialect_name != "sqlite":
+            return fetch()
+        dbapi = conn.connection.driver_connection
+        dbapi.text_factory = str
+        try:
+            return fetch()
         except sa.exc.OperationalError as err:
-            if dbapi is None or "decode" not in str(err.orig):
+            if "decode" not in str(err.orig):
                 raise
         finally:
-            if dbapi is not None:
-                dbapi.text_factory = _text_or_bytes
-        result = conn.execute(query)
-        return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            dbapi.text_factory = _text_or_bytes
+        return fetch()
 
     def cursor_to_utc(self, table: sa.Table, values: pd.Series) -> tuple[pd.Series, pd.Series]:
         """Cursor values as UTC ``datetime64[us, UTC]`` (naive ones are in source_timezone),
@@ -550,14 +552,20 @@ class MasterParcelsSource(ConfigurableResource):
             rows[SRID_COLUMN] = self.resolve_srid()
         return rows
 
-    def _unplaced(self, table: sa.Table, until: datetime) -> sa.ColumnElement:
-        """Rows no sync window can hold: no key, or a cursor that is NULL, before 1970, at or
-        after ``until`` (the end of the newest window: 2999-01-01, 9999-12-31), or stored in
-        a form that sorts outside every time (SQLite: an epoch number, unreadable text)."""
+    def _unplaced(self, table: sa.Table, until: datetime) -> list[sa.ColumnElement]:
+        """Rows no sync window can hold, as disjoint conditions each a range of the cursor's
+        index: a cursor before 1970, at or after ``until`` (the end of the newest window:
+        2999-01-01, 9999-12-31) or stored in a form that sorts outside every time (SQLite: an
+        epoch number, unreadable text), NULL, or no key (NULLs only where the column may
+        hold them)."""
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        return sa.or_(key.is_(None), cursor.is_(None), ~sa.and_(
-            cursor >= self._to_source_time(table, EARLIEST_CURSOR),
-            cursor < self._to_source_time(table, until)))
+        low, high = (self._to_source_time(table, moment) for moment in (EARLIEST_CURSOR, until))
+        parts = [cursor < low, cursor >= high]
+        if cursor.nullable:
+            parts.append(cursor.is_(None))
+        if key.nullable:
+            parts.append(sa.and_(key.is_(None), cursor >= low, cursor < high))
+        return parts
 
     def iter_unplaced(self, until: datetime) -> Iterator[pd.DataFrame]:
         """Key, parcel number and cursor (as text) of the rows no window can hold, in batches:
@@ -567,26 +575,19 @@ class MasterParcelsSource(ConfigurableResource):
                    sa.cast(self._cursor_text(table), sa.String).label("updated_at")]
         if "parcel_id" in table.c:
             columns.insert(1, table.c["parcel_id"])
-        query = sa.select(*columns).where(self._unplaced(table, until))
+        query = sa.select(*columns).where(sa.or_(*self._unplaced(table, until)))
         with self._reading(), self.get_engine().connect() as conn:
             result = conn.execution_options(stream_results=True).execute(query)
             while rows := result.fetchmany(self.batch_size):
                 yield pd.DataFrame(rows, columns=list(result.keys()), dtype=object)
 
     def unplaced_count_query(self, until: datetime) -> sa.Select:
-        """How many rows no window can hold (see ``_unplaced``), counted as disjoint parts
-        that are each a range of the cursor's index (the sensor counts on every tick: one
-        OR over the table is a scan of it); NULLs only where the column may hold them."""
+        """How many rows no window can hold, as the sum of ``_unplaced``'s parts, each
+        counted on the cursor's index (the sensor counts on every tick: one OR over the
+        table is a scan of it)."""
         table = self.table_ref()
-        cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        low, high = (self._to_source_time(table, moment) for moment in (EARLIEST_CURSOR, until))
-        parts = [cursor < low, cursor >= high]
-        if cursor.nullable:
-            parts.append(cursor.is_(None))
-        if key.nullable:
-            parts.append(sa.and_(key.is_(None), cursor >= low, cursor < high))
         counts = [sa.select(sa.func.count()).select_from(table).where(part).scalar_subquery()
-                  for part in parts]
+                  for part in self._unplaced(table, until)]
         return sa.select(sum(counts[1:], counts[0]))
 
     def count_unplaced(self, until: datetime) -> int:

@@ -19,7 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from datetime import timedelta
 from pathlib import Path
 
@@ -62,6 +62,17 @@ def template(tmp_path_factory):
         assert sync.catch_up()
         (root / "cursor.json").write_text(sync.cursor)
     return root
+
+
+def compute_log_tail(process: psutil.Process) -> bool:
+    """Dagster's ``tail -F`` of a step's compute log. Dagster starts a watcher that ends it
+    when the run's process dies, but a SIGKILL between the two starts orphans it for good
+    (dagster-io/dagster#1871): Dagster's leak, not one of countysync's processes."""
+    try:
+        command = process.cmdline()
+    except psutil.NoSuchProcess:
+        return True
+    return command[:2] == ["tail", "-F"] and "compute_logs" in command[-1]
 
 
 class Trial:
@@ -113,7 +124,11 @@ class Trial:
         process.wait(timeout=60)
         # the run's second process (geo writer) sees its parent gone and ends by itself
         _, left = psutil.wait_procs(children, timeout=60)
-        assert not left, f"processes of the killed run still running: {left}"
+        assert not [p for p in left if not compute_log_tail(p)], \
+            f"processes of the killed run still running: {left}"
+        for tail in left:  # Dagster's, orphaned when the kill lands before its watcher starts
+            with suppress(psutil.NoSuchProcess):
+                tail.kill()
         return alive
 
     def recover(self, mode: str, monkeypatch) -> None:

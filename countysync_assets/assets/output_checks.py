@@ -252,45 +252,45 @@ def source_rows_published_after_deletes(source: MasterParcelsSource,
     return _reconcile(io_manager, source, _held_ids(io_manager, "working"))
 
 
-SPECS = [
-    AssetCheckSpec(
+# each check of a sync's partitions with what it runs
+CHECKS = [
+    (AssetCheckSpec(
         "outputs_agree", asset="working", partitions_def=PARTITIONS,
         additional_deps=["stats", "parcel_geometry", "geometry_rejects"],
         description="working, stats and the parcel layer hold the same parcels (a parcel "
         "missing from the layer is listed in geometry_rejects): the run's by id, the county's "
-        "by count."),
-    AssetCheckSpec(
+        "by count."), outputs_agree),
+    (AssetCheckSpec(
         "parcel_id_present", asset="working", partitions_def=PARTITIONS,
-        description="Every parcel the run published has a parcel number."),
-    AssetCheckSpec(
+        description="Every parcel the run published has a parcel number."), parcel_id_present),
+    (AssetCheckSpec(
         "source_rows_published", asset="working", partitions_def=PARTITIONS,
         description="Reconciliation after each sync: every source parcel up to the newest "
         "synced change is in working or parcel_rejects, and working holds no parcel the source "
         "deleted (a warning until the delete check removes and names them); the run's windows "
-        "by id, the county by counts."),
-    AssetCheckSpec(
+        "by id, the county by counts."), source_rows_published),
+    (AssetCheckSpec(
         "geometry_valid_in_crs", asset="parcel_geometry", partitions_def=PARTITIONS,
         blocking=True,
         description="Every outline the run published is a valid polygon in the layer's CRS, "
         "the source's EPSG code (blocking: the map is not built from a bad layer)."),
-    AssetCheckSpec(
+     geometry_valid_in_crs),
+    (AssetCheckSpec(
         "geojson_in_wgs84", asset="parcel_geometry", partitions_def=PARTITIONS,
         description="The run's GeoJSON files open in GDAL, in WGS 84 (RFC 7946), every "
-        "coordinate within longitude -180..180 and latitude -90..90."),
+        "coordinate within longitude -180..180 and latitude -90..90."), geojson_in_wgs84),
 ]
-CHECKS = {"outputs_agree": outputs_agree, "parcel_id_present": parcel_id_present,
-          "source_rows_published": source_rows_published,
-          "geometry_valid_in_crs": geometry_valid_in_crs, "geojson_in_wgs84": geojson_in_wgs84}
 
 
-@multi_asset_check(specs=SPECS, can_subset=True, name="published_outputs_checks",
+@multi_asset_check(specs=[spec for spec, _ in CHECKS], can_subset=True,
+                   name="published_outputs_checks",
                    description="The checks after a sync, of the run's partitions.")
 def published_outputs_checks(context: AssetCheckExecutionContext, source: MasterParcelsSource,
                              io_manager: ResourceParam[ExportIOManager]
                              ) -> Iterator[AssetCheckResult]:
     """Each selected check, in one step: a step of its own each cost Dagster a start, an
     output and a success event, committed one by one (~0.3 s of every sync)."""
-    for spec in SPECS:
+    for spec, check in CHECKS:
         if spec.key in context.selected_asset_check_keys:
-            yield CHECKS[spec.name](context, source, io_manager)._replace(
-                asset_key=spec.asset_key, check_name=spec.name)
+            yield check(context, source, io_manager)._replace(asset_key=spec.asset_key,
+                                                              check_name=spec.name)

@@ -15,6 +15,7 @@ in one step (``published_outputs_checks``; each can still be run alone from the 
 """
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -289,8 +290,21 @@ def published_outputs_checks(context: AssetCheckExecutionContext, source: Master
                              io_manager: ResourceParam[ExportIOManager]
                              ) -> Iterator[AssetCheckResult]:
     """Each selected check, in one step: a step of its own each cost Dagster a start, an
-    output and a success event, committed one by one (~0.3 s of every sync)."""
-    for spec, check in CHECKS:
-        if spec.key in context.selected_asset_check_keys:
-            yield check(context, source, io_manager)._replace(asset_key=spec.asset_key,
-                                                              check_name=spec.name)
+    output and a success event, committed one by one (~0.3 s of every sync). The checks run
+    on two threads: GDAL and GEOS, which read and test the geo files, let go of Python's
+    lock, so after a first sync the layer's checks run beside the tables' on the other core
+    (16.9 s alone at 1,000,000 parcels)."""
+    selected = [(spec, check) for spec, check in CHECKS
+                if spec.key in context.selected_asset_check_keys]
+    layer = [(spec, check) for spec, check in selected
+             if spec.asset_key.path == ["parcel_geometry"]]
+    tables = [pair for pair in selected if pair not in layer]
+
+    def run(checks: list) -> list[tuple[AssetCheckSpec, AssetCheckResult]]:
+        return [(spec, check(context, source, io_manager)) for spec, check in checks]
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="checks") as pool:
+        running = [pool.submit(run, checks) for checks in (layer, tables) if checks]
+        results = {spec.key: result for future in running for spec, result in future.result()}
+    for spec, _ in selected:
+        yield results[spec.key]._replace(asset_key=spec.asset_key, check_name=spec.name)

@@ -8,9 +8,9 @@ from the same batches, top to bottom:
 Nothing is written and read back to make another output, and a run holds one batch of the
 extract in memory (``COUNTYSYNC_SOURCE_BATCH_SIZE`` rows), however big the county. Every output
 is staged as the batches come (open transactions, temp files) and published together at the
-end, all or nothing. A run of many rows writes the geo formats in a second process, on the
-other core (``ParallelOutputs``). Each asset still reports its own materialization and
-metadata.
+end, all or nothing. A run of many rows writes the GeoPackage and the CSV, JSON and GeoJSON
+files in a second process, on the other core (``ParallelOutputs``). Each asset still reports
+its own materialization and metadata.
 """
 
 import pandas as pd

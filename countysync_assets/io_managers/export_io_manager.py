@@ -64,7 +64,9 @@ FORMAT_MANAGERS: dict[str, type[FormatIOManager]] = {
     "geojson": GeoJsonIOManager,
 }
 LOADABLE = ("sqlite", "gpkg")
-GEO_FORMATS = ("gpkg", "geojson")
+# written by a big run's second process: the GeoPackage and the per-window files, which
+# measured as about half the work of a first sync (the SQLite tables stay with the run)
+SECOND_PROCESS_FORMATS = ("gpkg", "geojson", "csv", "json")
 PARALLEL_ROWS = 100_000
 PREVIEW_ROWS = 5  # rows of what a run wrote, shown in its materialization's metadata
 
@@ -245,23 +247,24 @@ class OutputSet:
 
 
 class ParallelOutputs:
-    """The outputs of a big step on two cores: the geo formats (GeoPackage, GeoJSON, about
-    half the work) staged by a second process, the others here. Both sides stage before
-    either publishes, so the rule of ``OutputSet`` holds: all outputs or none."""
+    """The outputs of a big step on two cores: the GeoPackage and the per-window files
+    (``SECOND_PROCESS_FORMATS``) staged by a second process, the SQLite tables here. Both
+    sides stage before either publishes, so the rule of ``OutputSet`` holds: all outputs or
+    none."""
 
     def __init__(self, manager: "ExportIOManager", targets: list[OutputTarget]):
         self.manager = manager
         self.local = OutputSet(manager, targets, [f for f in FORMAT_MANAGERS
-                                                  if f not in GEO_FORMATS])
+                                                  if f not in SECOND_PROCESS_FORMATS])
         try:
-            self.remote = OutputProcess(manager, targets, GEO_FORMATS)
+            self.remote = OutputProcess(manager, targets, SECOND_PROCESS_FORMATS)
         except BaseException:
             self.local.rollback()
             raise
         self.sent = {target.name for target in targets
-                     if changes_any(manager, target, GEO_FORMATS)}
+                     if changes_any(manager, target, SECOND_PROCESS_FORMATS)}
         get_dagster_logger().info(
-            f"Writing the {', '.join(GEO_FORMATS)} outputs in a second process (pid "
+            f"Writing the {', '.join(SECOND_PROCESS_FORMATS)} outputs in a second process (pid "
             f"{self.remote.process.pid}), the others in this one.")
         self.targets = {target.name: target for target in targets}
 
@@ -310,8 +313,8 @@ class ExportIOManager(ConfigurableIOManager):
         "output database (a desktop GIS editing it) before the run fails.")
     parallel_rows: int = Field(
         default=PARALLEL_ROWS, ge=0, description="A run that reads at least this many rows "
-        "writes the geo formats (GeoPackage, GeoJSON) in a second process, on another core; "
-        "0: never. Below it, starting a process costs more than it saves.")
+        "writes the GeoPackage and the CSV, JSON and GeoJSON files in a second process, on "
+        "another core; 0: never. Below it, starting a process costs more than it saves.")
 
     def formats_for(self, context: OutputContext | InputContext) -> list[str]:
         metadata = (context.upstream_output if isinstance(context, InputContext)
@@ -352,7 +355,7 @@ class ExportIOManager(ConfigurableIOManager):
             get_dagster_logger().info(
                 f"Removed {removed} bytes of staging files a killed run left.")
         if (only is None and self.parallel_rows and rows >= self.parallel_rows
-                and any(changes_any(self, target, GEO_FORMATS) for target in targets)):
+                and any(changes_any(self, target, SECOND_PROCESS_FORMATS) for target in targets)):
             return ParallelOutputs(self, targets)
         return OutputSet(self, targets, only)
 

@@ -120,7 +120,7 @@ def serve(manager_class: type, settings: dict, targets: list[OutputTarget], only
     manager = manager_class(**settings)
     outputs = None
     try:
-        with manager.explained("the sync's geo outputs"):
+        with manager.explained(f"the sync's {', '.join(only)} outputs"):
             outputs = manager.open_outputs(targets, only=only)
             while (message := inbox.get())[0] == "write":
                 outputs.write(message[1], message[2])

@@ -3,7 +3,8 @@
 pyogrio (GDAL) writes the incoming rows to a staging GeoPackage next to the target; then one
 SQLite transaction on the target upserts them with the same newer-wins rule as the SQLite IO
 manager, so the layer keeps its spatial index, its fids and every row the run did not touch.
-The first write publishes the staging file itself by atomic rename.
+The first write publishes a GDAL copy of the staging file (its spatial index built once) by
+atomic rename.
 
 GDAL's R-tree triggers call the GeoPackage SQL functions ``ST_IsEmpty`` and ``ST_MinX`` ...;
 plain ``sqlite3`` lacks them, so they are registered here, reading the envelope that every
@@ -95,6 +96,17 @@ def _register_gpkg_functions(conn: sqlite3.Connection) -> None:
         )
 
 
+def _key_and_cursor_indexes(conn: sqlite3.Connection, layer: str, keys: list[str],
+                            cursor: str | None) -> None:
+    """The unique key index and the cursor index (a window's features, for the checks and
+    downstream reads, by an index range), where the layer lacks them."""
+    if keys:
+        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
+                     f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
+    if cursor:
+        cursor_index(conn, layer, cursor)
+
+
 def _stage_new(path: Path, staging: Path, layer: str, keys: list[str], cursor: str | None
                ) -> StagedWrite:
     """The new file: the staging layer copied by GDAL in one pass of Arrow batches (the
@@ -110,11 +122,7 @@ def _stage_new(path: Path, staging: Path, layer: str, keys: list[str], cursor: s
                                 **CREATION_OPTIONS)
         with closing(sqlite3.connect(temp)) as conn, conn:
             conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
-            if keys:
-                conn.execute(f"CREATE UNIQUE INDEX {quote(f'ux_{layer}_key')} ON "
-                             f"{quote(layer)} ({', '.join(quote(k) for k in keys)})")
-            if cursor:  # a window's features (checks, downstream reads) by an index range
-                cursor_index(conn, layer, cursor)
+            _key_and_cursor_indexes(conn, layer, keys, cursor)
             rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -146,11 +154,7 @@ def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
                 f"The asset's columns changed: move {path.name} aside so the next run "
                 "rebuilds it, then backfill every partition."
             )
-        if keys:
-            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {quote(f'ux_{layer}_key')} "
-                         f"ON {quote(layer)} ({', '.join(quote(k) for k in keys)})")
-        if cursor:  # layers written before it had one get it once
-            cursor_index(conn, layer, cursor)
+        _key_and_cursor_indexes(conn, layer, keys, cursor)  # files written before them
         names = ", ".join(quote(c) for c in columns)
         table, staged_rows = quote(layer), f"staged.{quote(layer)} AS s"
         # An UPDATE, then an INSERT of the new keys, not one upsert: GDAL's R-tree triggers
@@ -192,7 +196,8 @@ def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
 class GeoPackageWriter(BatchWriter):
     """Writes one output's batches with GDAL (pyogrio, Arrow) into a staging GeoPackage next
     to the target; ``finish`` merges it into the target in one SQLite transaction (newer
-    wins, as in the SQLite IO manager), or, for a new file, publishes it by rename."""
+    wins, as in the SQLite IO manager), or, for a new file, copies it with its spatial index
+    and publishes the copy by rename."""
 
     def __init__(self, path: Path, layer: str, target: OutputTarget,
                  files: OutputTransactions):

@@ -61,6 +61,8 @@ def _text_or_bytes(raw: bytes) -> str | bytes:
 
 
 def _sqlite_text_as_is(dbapi_connection, _record) -> None:
+    """Every SQLite connection's default: text that is not UTF-8 comes back as bytes (a
+    page read switches to sqlite3's own, faster decoding while it runs: ``_page``)."""
     dbapi_connection.text_factory = _text_or_bytes
 
 

@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from conftest import AS_OF, execute, keyless_copy, skip_or_fail_in_ci
+from dagster import TimeWindow
 from sqlalchemy.dialects import mssql
 
+from countysync_assets.assets.asset_metadata import PARCEL_COLUMNS
+from countysync_assets.assets.master_parcels import checked_batches
 from countysync_assets.demo_source import create_demo_source, parcels_table
 from countysync_assets.resources.master_parcels_source import (
     SRID_COLUMN,
@@ -48,6 +51,23 @@ def test_extract_returns_each_changed_row_once_whatever_the_batch_size(demo_url,
     assert frame["updated_at"].between(start, end, inclusive="left").all()
     assert str(frame["updated_at"].dtype) == "datetime64[us, UTC]"
     assert (frame[SRID_COLUMN] == 2286).all()
+
+
+def test_a_sync_reads_only_the_columns_its_outputs_hold(demo_url):
+    """A county's master table carries columns no output holds (legal descriptions, deed
+    references): the sync's pages leave them in the database; the resource's own reads of
+    every column still see them."""
+    execute(demo_url, 'ALTER TABLE "MasterParcels" ADD COLUMN legal_description TEXT')
+    execute(demo_url, 'UPDATE "MasterParcels" SET legal_description = :text',
+            text="LOT 7 BLOCK 3 OF THE PLAT OF " * 2_000)
+    source = MasterParcelsSource(url=demo_url, batch_size=500)
+    checked = list(checked_batches(source, TimeWindow(*WINDOW)))
+    good = pd.concat([batch for batch, _ in checked])
+    assert "legal_description" not in good
+    assert set(PARCEL_COLUMNS) <= set(good.columns)
+    assert len(good) + sum(len(rejects) for _, rejects in checked) == len(
+        source_ids(demo_url, *WINDOW)) > 0
+    assert "legal_description" in extract(source)
 
 
 def test_rows_sharing_a_timestamp_across_a_batch_boundary_are_not_lost(demo_url):
@@ -186,6 +206,17 @@ def test_sql_server_page_reads_geometry_as_wkb_with_srid_and_binds_values():
     assert "ORDER BY [MasterParcels].updated_at, [MasterParcels].id" in sql
     assert "OFFSET" not in sql and "FETCH" not in sql
     assert "updated_at >= :updated_at_1 AND [MasterParcels].updated_at < :updated_at_2" in sql
+
+
+def test_sql_server_page_names_only_the_columns_asked_for():
+    source = sql_server()
+    source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
+    sql = str(source.changed_rows_query(*WINDOW, columns=["parcel_id"]).compile(
+        dialect=mssql.dialect()))
+    selected = sql.split(" FROM ")[0]
+    assert "[MasterParcels].parcel_id" in selected and "owner" not in selected
+    assert "[MasterParcels].id" in selected and "STAsBinary() AS geometry" in selected
+    assert "updated_at" in selected
 
 
 def test_sql_server_key_census_flags_rows_with_a_case_and_binds_the_range():

@@ -77,7 +77,8 @@ def checked_batches(source: MasterParcelsSource, window: TimeWindow
     """(good rows, rejects) of each batch the source reads for ``window``: canonical column
     names, typed, checked. The first batch comes even if empty, so every output gets its
     columns."""
-    for batch in source.iter_changed_batches(window.start, window.end):
+    # only what the outputs hold: a county's master table has many more columns
+    for batch in source.iter_changed_batches(window.start, window.end, PARCEL_COLUMNS):
         frame = batch.rename(columns={source.key_column: "id",
                                       source.cursor_column: "updated_at",
                                       source.geometry_column: "geometry"})

@@ -8,7 +8,7 @@ batches. Values are always bound parameters; the password is never shown.
 """
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -296,11 +296,17 @@ class MasterParcelsSource(ConfigurableResource):
 
     # ----- queries ----------------------------------------------------------------------------
 
-    def _selected_columns(self, table: sa.Table) -> list[sa.ColumnElement]:
-        """Every column; the cursor as stored (see ``_cursor_raw``); on SQL Server the geometry
-        as WKB plus its SRID."""
+    def _selected_columns(self, table: sa.Table, wanted: Collection[str] | None = None
+                          ) -> list[sa.ColumnElement]:
+        """The key, cursor and geometry, and the ``wanted`` columns the table has (None: every
+        column): a master table's other columns (legal descriptions, deed references) are
+        never read. The cursor as stored (see ``_cursor_raw``); on SQL Server the geometry as
+        WKB plus its SRID."""
+        always = {self.key_column, self.cursor_column, self.geometry_column}
         columns: list[sa.ColumnElement] = []
         for column in table.columns:
+            if wanted is not None and column.name not in always and column.name not in wanted:
+                continue
             if column.name == self.geometry_column and self.dialect_name == "mssql":
                 columns.append(STAsBinary(column).label(column.name))
                 columns.append(STSrid(column).label(SRID_COLUMN))
@@ -337,9 +343,11 @@ class MasterParcelsSource(ConfigurableResource):
             ) from None
 
     def changed_rows_query(self, start: datetime, end: datetime,
-                           after: tuple[object, object] | None = None) -> sa.Select:
+                           after: tuple[object, object] | None = None,
+                           columns: Collection[str] | None = None) -> sa.Select:
         """One keyset page of rows with start <= cursor < end, after (cursor, key) ``after``
-        (the last row of the previous page, as the driver returned it).
+        (the last row of the previous page, as the driver returned it); ``columns`` as in
+        ``_selected_columns``.
 
         Keyset pagination on (cursor, key) keeps every page an index seek, where OFFSET/FETCH
         would re-scan all the skipped rows. Rows without a key cannot be paged past or merged:
@@ -347,7 +355,8 @@ class MasterParcelsSource(ConfigurableResource):
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        query = self._between(sa.select(*self._selected_columns(table)), table, start, end) \
+        query = self._between(sa.select(*self._selected_columns(table, columns)), table,
+                              start, end) \
             .where(key.is_not(None)).order_by(cursor, key).limit(self.batch_size)
         if after is not None:
             last_cursor, last_key = after
@@ -358,8 +367,11 @@ class MasterParcelsSource(ConfigurableResource):
             )
         return query
 
-    def iter_changed_batches(self, start: datetime, end: datetime) -> Iterator[pd.DataFrame]:
-        """Stream the rows whose cursor falls in [start, end) as DataFrames of batch_size rows.
+    def iter_changed_batches(self, start: datetime, end: datetime,
+                             columns: Collection[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Stream the rows whose cursor falls in [start, end) as DataFrames of batch_size rows:
+        the key, cursor and geometry, and those of ``columns`` the table has (None: every
+        column).
 
         Cursor timestamps come back as UTC ``datetime64[us, UTC]``, NaT where a value cannot be
         read as a time, with the reason in ``cursor_problem``; the geometry as stored (WKT
@@ -370,7 +382,7 @@ class MasterParcelsSource(ConfigurableResource):
         after = None
         with self._reading(), self.get_engine().connect() as conn:
             while True:
-                batch = self._page(conn, self.changed_rows_query(start, end, after))
+                batch = self._page(conn, self.changed_rows_query(start, end, after, columns))
                 if batch.empty and after is not None:
                     return
                 if len(batch):

@@ -350,22 +350,24 @@ class MasterParcelsSource(ConfigurableResource):
         ``_selected_columns``.
 
         Keyset pagination on (cursor, key) keeps every page an index seek, where OFFSET/FETCH
-        would re-scan all the skipped rows. Rows without a key cannot be paged past or merged:
-        key reconciliation lists them (``iter_unplaced``).
+        would re-scan all the skipped rows. A later page's one lower bound on the cursor is
+        the last row's: given ``start`` as well, SQLite seeks to ``start`` and steps over every
+        row already read (a full sync of 1,000,000 rows spent 2.6 s there, growing with the
+        square of the table). Rows without a key cannot be paged past or merged: key
+        reconciliation lists them (``iter_unplaced``).
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        query = self._between(sa.select(*self._selected_columns(table, columns)), table,
-                              start, end) \
+        query = sa.select(*self._selected_columns(table, columns)) \
             .where(key.is_not(None)).order_by(cursor, key).limit(self.batch_size)
-        if after is not None:
-            last_cursor, last_key = after
-            if self.dialect_name == "sqlite":  # compare as stored: text with text
-                last_cursor = sa.literal(last_cursor, sa.String)
-            query = query.where(
-                sa.or_(cursor > last_cursor, sa.and_(cursor == last_cursor, key > last_key))
-            )
-        return query
+        if after is None:
+            return self._between(query, table, start, end)
+        last_cursor, last_key = after
+        if self.dialect_name == "sqlite":  # compare as stored: text with text
+            last_cursor = sa.literal(last_cursor, sa.String)
+        # cursor >= last (itself >= start) and, at the same cursor, a greater key
+        return self._between(query, table, None, end).where(
+            cursor >= last_cursor, sa.or_(cursor > last_cursor, key > last_key))
 
     def iter_changed_batches(self, start: datetime, end: datetime,
                              columns: Collection[str] | None = None) -> Iterator[pd.DataFrame]:

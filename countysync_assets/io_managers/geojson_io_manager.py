@@ -17,20 +17,11 @@ import pyproj
 import shapely
 
 from countysync_assets.io_managers.format_io_manager import PartitionedFileIOManager
+from countysync_assets.io_managers.publishing import as_multipolygons
 
 DECIMALS = 7
 HEADER = '{"type":"FeatureCollection","features":['
 SLICE = 10_000  # features encoded at a time: the text of a whole batch would be ~4x its size
-
-
-def as_multipolygons(geometry: np.ndarray) -> np.ndarray:
-    """Polygons wrapped as one-part MultiPolygons (one geometry type per layer); the rest
-    as they are."""
-    multi = geometry.copy()
-    single = shapely.get_type_id(geometry) == 3  # Polygon
-    if single.any():
-        multi[single] = shapely.multipolygons(np.atleast_2d(geometry[single]), axis=0)
-    return multi
 
 
 @cache

@@ -1,10 +1,10 @@
 """GeoPackage: the merged current state of parcel geometry, in the source's native CRS.
 
-pyogrio (GDAL) writes the incoming rows to a staging GeoPackage next to the target; then one
-SQLite transaction on the target upserts them with the same newer-wins rule as the SQLite IO
-manager, so the layer keeps its spatial index, its fids and every row the run did not touch.
-The first write publishes a GDAL copy of the staging file (its spatial index built once) by
-atomic rename.
+pyogrio (GDAL) writes the incoming rows to a staging GeoPackage next to the target, in one
+write session fed batch by batch (``GdalStream``); then one SQLite transaction on the target
+upserts them with the same newer-wins rule as the SQLite IO manager, so the layer keeps its
+spatial index, its fids and every row the run did not touch. The first write publishes the
+staging file itself (its spatial index built once, when GDAL closes it) by atomic rename.
 
 GDAL's R-tree triggers call the GeoPackage SQL functions ``ST_IsEmpty`` and ``ST_MinX`` ...;
 plain ``sqlite3`` lacks them, so they are registered here, reading the envelope that every
@@ -12,14 +12,17 @@ GeoPackage geometry blob carries in its header (GeoPackage spec, clause 2.1.3).
 """
 
 import os
+import queue
 import sqlite3
 import struct
+import threading
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+import pyarrow as pa
 import pyogrio
 import shapely
 from dagster import InputContext, OutputContext, TimeWindow
@@ -36,9 +39,10 @@ from countysync_assets.io_managers.format_io_manager import (
     in_window,
     input_window,
 )
-from countysync_assets.io_managers.output_transactions import OutputTransactions
+from countysync_assets.io_managers.output_transactions import OutputError, OutputTransactions
 from countysync_assets.io_managers.publishing import (
     StagedWrite,
+    as_multipolygons,
     asset_name,
     export_path,
     quote,
@@ -58,11 +62,11 @@ GEOMETRY_COLUMN = "geom"  # GDAL's default geometry column name in GeoPackage
 # (GDAL otherwise drops ".000", which GeoPackage validators reject).
 CREATION_OPTIONS = {"dataset_options": {"VERSION": "1.2"},
                     "layer_options": {"DATETIME_PRECISION": "MILLISECOND"}}
-# The staging file has no spatial index: GDAL builds a new layer's R-tree once, when the
-# file is closed, but each later append (one per batch) reopens the layer and feeds the
-# R-tree row by row through its triggers (17 s of 1,000,000 features, against 4 s without).
+# A staging file to merge into the published one needs no spatial index of its own.
 STAGING_OPTIONS = {"dataset_options": CREATION_OPTIONS["dataset_options"],
                    "layer_options": {**CREATION_OPTIONS["layer_options"], "SPATIAL_INDEX": "NO"}}
+ARROW_TYPES = {"integer": pa.int64(), "float": pa.float64(), "string": pa.string(),
+               "timestamp": pa.timestamp("us", tz="UTC")}
 # Files written before DATETIME_PRECISION may lack ".000": normalize to compare.
 # A value SQLite cannot read (second 60, written before milliseconds were floored) counts as
 # the oldest, so the next version of that feature replaces it.
@@ -75,6 +79,93 @@ def floor_to_milliseconds(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     cannot parse and the newer-wins merge cannot compare."""
     times = [c for c, dtype in frame.dtypes.items() if pd.api.types.is_datetime64_any_dtype(dtype)]
     return frame.assign(**{c: frame[c].dt.floor("ms") for c in times}) if times else frame
+
+
+def arrow_table(frame: gpd.GeoDataFrame, declared: dict[str, str]) -> pa.Table:
+    """The frame as GDAL's Arrow writer takes it: the asset's declared column types (a
+    batch whose column is all NULL keeps its type), times floored to milliseconds, the
+    geometry as MultiPolygon WKB in a last column ``geometry``."""
+    frame = floor_to_milliseconds(frame)
+    shapes = frame.geometry.name
+    attributes = pd.DataFrame(frame.drop(columns=shapes))
+    schema = pa.Schema.from_pandas(attributes, preserve_index=False)
+    schema = pa.schema([field.with_type(ARROW_TYPES[declared[field.name]])
+                        if declared.get(field.name) in ARROW_TYPES else field
+                        for field in schema]).remove_metadata()
+    table = pa.Table.from_pandas(attributes, schema=schema, preserve_index=False)
+    wkb = shapely.to_wkb(as_multipolygons(frame.geometry.to_numpy()))
+    return table.append_column("geometry", pa.array(wkb, pa.binary()))
+
+
+def gdal_crs(frame: gpd.GeoDataFrame) -> str | None:
+    """The frame's CRS as GDAL takes it (``EPSG:2286``, else its WKT), as pyogrio's
+    ``write_dataframe`` passes it."""
+    if frame.crs is None:
+        return None
+    epsg = frame.crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else frame.crs.to_wkt("WKT1_GDAL")
+
+
+class GdalStream:
+    """One GDAL write session (``pyogrio.write_arrow``) on its own thread, fed batch by
+    batch from this one: the file is written once, and a new layer's R-tree built once, when
+    GDAL closes the file. (Appending batch by batch reopened the layer each time and fed its
+    R-tree row by row through the triggers: 17 s of 1,000,000 features; and a spatial-index-
+    free staging file copied by GDAL at the end wrote every feature twice.)"""
+
+    DONE, ABORT = object(), object()
+
+    def __init__(self, path: Path, layer: str, schema: pa.Schema, crs: str | None,
+                 options: dict):
+        self.path, self.schema = path, schema
+        self.batches: queue.Queue = queue.Queue(maxsize=1)  # one batch waits, one is written
+        self.error: BaseException | None = None
+        reader = pa.RecordBatchReader.from_batches(schema, self._feed())
+        self.thread = threading.Thread(
+            target=self._write, name=f"gdal-write-{layer}", daemon=True,
+            args=(reader, dict(layer=layer, driver="GPKG", geometry_name="geometry",
+                               geometry_type="MultiPolygon", crs=crs, **options)))
+        self.thread.start()
+
+    def _feed(self) -> Iterator[pa.RecordBatch]:
+        while (table := self.batches.get()) is not self.DONE:
+            if table is self.ABORT:
+                raise RuntimeError("the write was rolled back")
+            yield from table.to_batches()
+
+    def _write(self, reader: pa.RecordBatchReader, settings: dict) -> None:
+        try:
+            pyogrio.write_arrow(reader, self.path, **settings)
+        except BaseException as err:  # raised in the run's thread by put or close
+            self.error = err
+
+    def put(self, table: pa.Table | object) -> None:
+        """Hand GDAL the next batch (waits while it writes the one before); raise its
+        error if it failed."""
+        while True:
+            if self.error is not None or not self.thread.is_alive():
+                self.thread.join()
+                raise self.error or OutputError(f"GDAL stopped writing {self.path} early.")
+            try:
+                self.batches.put(table, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Wait for GDAL to complete the file; raise its error if it failed."""
+        self.put(self.DONE)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """End the session without a complete file (the caller deletes it)."""
+        if self.thread.is_alive():
+            with suppress(queue.Empty):
+                self.batches.get_nowait()  # a batch GDAL has not taken: room for ABORT
+            self.batches.put(self.ABORT)
+        self.thread.join()
 
 
 def _envelope(blob: bytes) -> tuple[float, float, float, float]:
@@ -107,28 +198,14 @@ def _key_and_cursor_indexes(conn: sqlite3.Connection, layer: str, keys: list[str
         cursor_index(conn, layer, cursor)
 
 
-def _stage_new(path: Path, staging: Path, layer: str, keys: list[str], cursor: str | None
+def _stage_new(path: Path, temp: Path, layer: str, keys: list[str], cursor: str | None
                ) -> StagedWrite:
-    """The new file: the staging layer copied by GDAL in one pass of Arrow batches (the
-    R-tree built once, at the end), then given its key and cursor indexes."""
-    temp = temp_sibling(path)
-    try:
-        # 10,000 features a batch: larger ones held ~90 MB more for no gain in time
-        with pyogrio.open_arrow(staging, layer=layer, use_pyarrow=False,
-                                batch_size=10_000) as (meta, batches):
-            pyogrio.write_arrow(batches, temp, layer=layer, driver="GPKG",
-                                geometry_name=meta["geometry_name"],
-                                geometry_type=meta["geometry_type"], crs=meta["crs"],
-                                **CREATION_OPTIONS)
-        with closing(sqlite3.connect(temp)) as conn, conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
-            _key_and_cursor_indexes(conn, layer, keys, cursor)
-            rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    finally:
-        staging.unlink(missing_ok=True)
+    """The new file: the staging file as GDAL completed it (with its R-tree), given its key
+    and cursor indexes, to be renamed into place."""
+    with closing(sqlite3.connect(temp)) as conn, conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # readers never hold up a later commit
+        _key_and_cursor_indexes(conn, layer, keys, cursor)
+        rows = conn.execute(f"SELECT count(*) FROM {quote(layer)}").fetchone()[0]
     return StagedWrite(
         f"{path.name}:{layer}", [lambda: os.replace(temp, path)],
         [lambda: temp.unlink(missing_ok=True)],
@@ -195,43 +272,52 @@ def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
 
 class GeoPackageWriter(BatchWriter):
     """Writes one output's batches with GDAL (pyogrio, Arrow) into a staging GeoPackage next
-    to the target; ``finish`` merges it into the target in one SQLite transaction (newer
-    wins, as in the SQLite IO manager), or, for a new file, copies it with its spatial index
-    and publishes the copy by rename."""
+    to the target, in one write session; ``finish`` merges it into the target in one SQLite
+    transaction (newer wins, as in the SQLite IO manager), or, for a new file, publishes it
+    by rename, its spatial index built by GDAL as it closed the file."""
 
     def __init__(self, path: Path, layer: str, target: OutputTarget,
                  files: OutputTransactions):
         self.path, self.layer, self.files = path, layer, files
         self.keys = list(target.metadata.get(KEY_COLUMNS) or [])
         self.cursor = target.metadata.get(CURSOR_COLUMN)
+        schema = target.metadata.get("dagster/column_schema")
+        self.declared = {c.name: c.type for c in schema.columns} if schema else {}
         self.temp: Path | None = None
+        self.stream: GdalStream | None = None
+        self.new_file = False
         self.columns: list[str] = []
 
     def write(self, frame: gpd.GeoDataFrame) -> None:
         if frame.empty:  # nothing changed: the current state stays as it is
             return
-        first = self.temp is None
-        if first:
-            self.temp, self.columns = temp_sibling(self.path), list(frame.columns)
         try:
-            pyogrio.write_dataframe(
-                floor_to_milliseconds(frame), self.temp, layer=self.layer, driver="GPKG",
-                promote_to_multi=True, geometry_type="MultiPolygon", use_arrow=True,
-                append=not first, **(STAGING_OPTIONS if first else {}))
+            table = arrow_table(frame, self.declared)
+            if self.stream is None:
+                self.temp, self.columns = temp_sibling(self.path), list(frame.columns)
+                self.new_file = not self.path.exists()
+                self.stream = GdalStream(self.temp, self.layer, table.schema, gdal_crs(frame),
+                                         CREATION_OPTIONS if self.new_file else STAGING_OPTIONS)
+            self.stream.put(table.cast(self.stream.schema))
         except BaseException:
             self.discard()
             raise
 
     def finish(self) -> StagedWrite:
-        if self.temp is None:
+        if self.stream is None:
             return StagedWrite(f"{self.path.name}:{self.layer}",
                                metadata={"gpkg_rows_inserted": 0})
         try:
+            self.stream.close()
             if self.path.exists():
                 staged = _stage_merge(self.path, self.temp, self.layer, self.columns,
                                       self.keys, self.cursor, self.files)
-            else:
+            elif self.new_file:
                 staged = _stage_new(self.path, self.temp, self.layer, self.keys, self.cursor)
+            else:
+                raise OutputError(
+                    f"{self.path} was removed while the sync wrote it. No output was "
+                    "changed; run the sync again (it rebuilds the file).")
         except BaseException:
             self.discard()
             raise
@@ -239,6 +325,8 @@ class GeoPackageWriter(BatchWriter):
         return staged
 
     def discard(self) -> None:
+        if self.stream is not None:
+            self.stream.abort()
         if self.temp is not None:
             self.temp.unlink(missing_ok=True)
 

@@ -1,5 +1,6 @@
 """What every format writer shares: safe paths under the export folder, staged writes that
-publish atomically (rename or commit) or roll back, and one text form for timestamps.
+publish atomically (rename or commit) or roll back, one text form for timestamps and one
+geometry type for parcels (MultiPolygon).
 
 A writer *stages* its output first (temp files, an open transaction) and only *commits* once
 every format of the asset has staged, so a failing writer leaves all outputs as they were.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import shapely
 from dagster import InputContext, OutputContext
 
 from countysync_assets.processes import process_alive
@@ -81,6 +83,16 @@ def remove_stale_temps(export_dir: str | os.PathLike) -> int:
         removed += stat.st_size
         path.unlink(missing_ok=True)
     return removed
+
+
+def as_multipolygons(geometry: np.ndarray) -> np.ndarray:
+    """Polygons wrapped as one-part MultiPolygons (one geometry type per layer); the rest
+    as they are."""
+    multi = geometry.copy()
+    single = shapely.get_type_id(geometry) == 3  # Polygon
+    if single.any():
+        multi[single] = shapely.multipolygons(np.atleast_2d(geometry[single]), axis=0)
+    return multi
 
 
 def timestamps_to_iso(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from countysync_assets.assets.asset_metadata import (
     where_stored,
 )
 from countysync_assets.io_managers.format_io_manager import GPKG_LAYER, SUPERSEDES
+from countysync_assets.io_managers.publishing import as_multipolygons
 from countysync_assets.resources.master_parcels_source import SRID_COLUMN
 
 COLUMNS = {
@@ -97,7 +98,8 @@ def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame,
     Kept out, with the reason: no geometry, unparseable, not a polygon, empty, another SRID,
     a NaN or infinite coordinate, outside the CRS's area, invalid beyond repair. Changed,
     and counted: invalid polygons repaired with ``make_valid``; Z values dropped (the layers
-    are 2-D)."""
+    are 2-D). Every outline a MultiPolygon, the layers' one type (once here, not in each
+    writer)."""
     geometry = parse_geometry(frame["geometry"])
     srids = frame[SRID_COLUMN]
     srid = int(srids.mode().iloc[0]) if srids.notna().any() else None
@@ -136,7 +138,7 @@ def clean_geometry(frame: pd.DataFrame) -> tuple[gpd.GeoDataFrame, pd.DataFrame,
     usable &= ~collapsed
     parcels = gpd.GeoDataFrame(
         frame.loc[usable, [c for c in COLUMNS if c != "geometry"]],
-        geometry=repaired[usable], crs=f"EPSG:{srid}" if srid else None,
+        geometry=as_multipolygons(repaired[usable]), crs=f"EPSG:{srid}" if srid else None,
     ).reset_index(drop=True)
     rejects = frame.loc[~usable, ["id", "parcel_id", "updated_at"]].assign(
         reason=reason[~usable]).reset_index(drop=True)

@@ -87,11 +87,13 @@ def remove_stale_temps(export_dir: str | os.PathLike) -> int:
 
 def as_multipolygons(geometry: np.ndarray) -> np.ndarray:
     """Polygons wrapped as one-part MultiPolygons (one geometry type per layer); the rest
-    as they are."""
+    as they are. The sync's outlines come as MultiPolygons already (``clean_geometry``), so
+    the writers only check."""
     multi = geometry.copy()
     single = shapely.get_type_id(geometry) == 3  # Polygon
     if single.any():
-        multi[single] = shapely.multipolygons(np.atleast_2d(geometry[single]), axis=0)
+        multi[single] = shapely.multipolygons(geometry[single],
+                                              indices=np.arange(int(single.sum())))
     return multi
 
 

@@ -92,8 +92,13 @@ def to_rows(frame: pd.DataFrame) -> Iterator[tuple]:
     chunk at a time: ``executemany`` takes an iterator, so a county's worth of Python tuples
     never exists at once."""
     for start in range(0, len(frame), ROWS_PER_CHUNK):
-        plain = timestamps_to_iso(frame.iloc[start:start + ROWS_PER_CHUNK]).astype(object)
-        yield from plain.where(plain.notna(), None).itertuples(index=False, name=None)
+        chunk = timestamps_to_iso(frame.iloc[start:start + ROWS_PER_CHUNK])
+        columns = []
+        for name in chunk.columns:  # column by column: a third faster than the whole frame
+            values = chunk[name].to_numpy(dtype=object, copy=True)
+            values[pd.isna(values)] = None
+            columns.append(values.tolist())
+        yield from zip(*columns, strict=True)
 
 
 def newer_rule(table: str, incoming: str, values: list[str], cursor: str | None,

@@ -1,6 +1,7 @@
 """GeoPackage IO manager on real GeoPackage files: merged current state with a spatial index."""
 
 import sqlite3
+import threading
 from contextlib import closing
 
 import geopandas as gpd
@@ -11,8 +12,9 @@ import shapely
 from io_contexts import input_context, logged, output_context
 
 from countysync_assets.assets.asset_metadata import storage_metadata
-from countysync_assets.io_managers.format_io_manager import GPKG_LAYER
+from countysync_assets.io_managers.format_io_manager import GPKG_LAYER, OutputTarget
 from countysync_assets.io_managers.geopackage_io_manager import GeoPackageIOManager
+from countysync_assets.io_managers.output_transactions import OutputTransactions
 
 METADATA = {**storage_metadata({"id": "integer: key", "name": "string: value",
                                 "updated_at": "timestamp: cursor"}, ["gpkg"]),
@@ -145,4 +147,44 @@ def test_a_feature_stored_with_an_unreadable_time_is_replaced_by_the_next_versio
     metadata = write(manager, "2026-05-28", [(1, "a2", "2026-05-28 02:00", 0)])
     assert metadata["gpkg_rows_updated"] == 1
     assert layer(tmp_path)["name"].tolist() == ["a2"]
+    assert_spatial_index_matches(tmp_path)
+
+
+def open_writer(manager: GeoPackageIOManager):
+    target = OutputTarget("parcel_geometry", METADATA, "run-1")
+    return manager.open(target, OutputTransactions())
+
+
+def test_a_write_rolled_back_midway_leaves_the_layer_and_no_file_or_thread(tmp_path):
+    """GDAL writes the batches in one session on a thread of its own: a run that fails after
+    some batches (another output, a kill of the sync) ends that session and leaves the
+    published layer as it was, without a staging file."""
+    manager = GeoPackageIOManager(export_dir=str(tmp_path))
+    write(manager, "2026-05-28", [(1, "a", "2026-05-28 01:00", 0)])
+    writer = open_writer(manager)
+    writer.write(parcels([(1, "new", "2026-05-29 01:00", 300)]))
+    writer.write(parcels([(2, "b", "2026-05-29 02:00", 600)]))
+    writer.discard()
+    assert layer(tmp_path)[["id", "name"]].values.tolist() == [[1, "a"]]
+    assert [p.name for p in tmp_path.iterdir()] == ["geo_db.gpkg"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("gdal-write")]
+
+
+def test_a_new_file_written_in_batches_holds_every_feature_in_its_spatial_index(tmp_path):
+    """The first write of a county comes in many batches, one of them with a column that is
+    empty throughout: one file, every feature in the R-tree, the column still text."""
+    manager = GeoPackageIOManager(export_dir=str(tmp_path))
+    writer = open_writer(manager)
+    batches = [[(i, None if b == 1 else f"n{i}", "2026-05-28 01:00", i * 150)
+                for i in range(b * 40, b * 40 + 40)] for b in range(3)]
+    for rows in batches:
+        writer.write(parcels(rows))
+    writer.finish().commit()
+    held = layer(tmp_path)
+    assert held["id"].tolist() == list(range(120))
+    assert held["name"].isna().sum() == 40 and held["name"].dropna().str.startswith("n").all()
+    assert pyogrio.read_info(tmp_path / "geo_db.gpkg", layer="parcels")["fields"].tolist() == [
+        "id", "name", "updated_at"]
+    assert pyogrio.read_info(tmp_path / "geo_db.gpkg", layer="parcels")["dtypes"].tolist() == [
+        "int64", "object", "datetime64[ms]"]
     assert_spatial_index_matches(tmp_path)

@@ -552,8 +552,8 @@ class MasterParcelsSource(ConfigurableResource):
 
     def rows_with_keys(self, keys: list) -> pd.DataFrame:
         """The rows with these keys (a few thousand at most: parcels a map must draw that no
-        output holds), every column as ``iter_changed_batches`` reads them, the cursor as
-        stored. Keys are bound in chunks below SQL Server's 2,100-parameter limit."""
+        output holds), every column, each as ``iter_changed_batches`` reads it, the cursor
+        as stored. Keys are bound in chunks below SQL Server's 2,100-parameter limit."""
         table = self.table_ref()
         key = table.c[self.key_column]
         frames = []

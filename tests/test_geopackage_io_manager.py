@@ -183,8 +183,7 @@ def test_a_new_file_written_in_batches_holds_every_feature_in_its_spatial_index(
     held = layer(tmp_path)
     assert held["id"].tolist() == list(range(120))
     assert held["name"].isna().sum() == 40 and held["name"].dropna().str.startswith("n").all()
-    assert pyogrio.read_info(tmp_path / "geo_db.gpkg", layer="parcels")["fields"].tolist() == [
-        "id", "name", "updated_at"]
-    assert pyogrio.read_info(tmp_path / "geo_db.gpkg", layer="parcels")["dtypes"].tolist() == [
-        "int64", "object", "datetime64[ms]"]
+    info = pyogrio.read_info(tmp_path / "geo_db.gpkg", layer="parcels")
+    assert info["fields"].tolist() == ["id", "name", "updated_at"]
+    assert info["dtypes"].tolist() == ["int64", "object", "datetime64[ms]"]
     assert_spatial_index_matches(tmp_path)

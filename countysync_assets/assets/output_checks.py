@@ -140,7 +140,8 @@ def source_rows_published(context: AssetCheckExecutionContext, source: MasterPar
                         .difference(_rejected_ids(io_manager)))
     # changed in the source since, or deleted there
     moved = published.difference(pd.Index(synced)).tolist()
-    gone = pd.Series(pd.Index(moved).difference(source.rows_with_keys(moved)[source.key_column]))
+    gone = pd.Series(pd.Index(moved).difference(
+        source.rows_with_keys(moved, columns=[])[source.key_column]))
     # more held than the source has: deletes the nightly delete check will remove (and name;
     # naming them here would read every id after every sync)
     deleted = max(len(gone), published_count + rejected_count - in_source)

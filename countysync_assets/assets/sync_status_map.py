@@ -149,7 +149,7 @@ def sync_status_map(config: StatusMapConfig, source: MasterParcelsSource,
     counts["pending"] += int((status == "pending").sum())
     # every parcel kept out with a reason, and the rows whose key is no whole number
     counts["error"] += len(rejected.index.difference(held_ids)) + int((~whole).sum())
-    rows = source.rows_with_keys(missing.tolist())
+    rows = source.rows_with_keys(missing.tolist(), columns=["parcel_id"])
     if len(rows):
         rows = rows.rename(columns={source.key_column: "id",
                                     source.geometry_column: "geometry"})

@@ -51,7 +51,6 @@ class GeoJsonIOManager(PartitionedFileIOManager):
     extension = ".geojson"
 
     def append(self, frame: gpd.GeoDataFrame, temp: Path, first: bool) -> None:
-        # An output without rows has no SRID; its (empty) files are WGS 84 all the same.
         with open(temp, "w" if first else "a", encoding="utf-8") as out:
             for start in range(0, len(frame), SLICE):
                 part = frame.iloc[start:start + SLICE]

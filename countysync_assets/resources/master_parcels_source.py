@@ -550,20 +550,22 @@ class MasterParcelsSource(ConfigurableResource):
             keys, inside_count = conn.execute(query.select_from(census)).one()
         return int(keys), int(inside_count)
 
-    def rows_with_keys(self, keys: list) -> pd.DataFrame:
+    def rows_with_keys(self, keys: list, columns: Collection[str] | None = None
+                       ) -> pd.DataFrame:
         """The rows with these keys (a few thousand at most: parcels a map must draw that no
-        output holds), every column, each as ``iter_changed_batches`` reads it, the cursor
-        as stored. Keys are bound in chunks below SQL Server's 2,100-parameter limit."""
+        output holds), their key, cursor and geometry and those of ``columns`` the table has
+        (None: every column), each as ``iter_changed_batches`` reads it, the cursor as
+        stored. Keys are bound in chunks below SQL Server's 2,100-parameter limit."""
         table = self.table_ref()
         key = table.c[self.key_column]
         frames = []
         with self._reading(), self.get_engine().connect() as conn:
             for start in range(0, len(keys), 1000):
-                result = conn.execute(sa.select(*self._selected_columns(table))
+                result = conn.execute(sa.select(*self._selected_columns(table, columns))
                                       .where(key.in_(keys[start:start + 1000])))
                 frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=[c.name for c in self._selected_columns(table)])
+            columns=[c.name for c in self._selected_columns(table, columns)])
         if SRID_COLUMN not in rows:
             rows[SRID_COLUMN] = self.resolve_srid()
         return rows

@@ -53,6 +53,19 @@ def test_extract_returns_each_changed_row_once_whatever_the_batch_size(demo_url,
     assert (frame[SRID_COLUMN] == 2286).all()
 
 
+def test_rows_sharing_one_time_across_pages_are_each_read_once(demo_url):
+    """A mass update stamps every row it touches with one time: more of them than a page
+    holds are paged through by key, none read twice, none skipped."""
+    start, end = AS_OF - timedelta(days=2), AS_OF - timedelta(days=1)
+    execute(demo_url, 'UPDATE "MasterParcels" SET updated_at = :t WHERE id IN '
+            '(SELECT id FROM "MasterParcels" ORDER BY id LIMIT 10)',
+            t=(start + timedelta(hours=3)).strftime("%Y-%m-%d %H:%M:%S.%f"))
+    frame = extract(MasterParcelsSource(url=demo_url, batch_size=3), start, end)
+    assert frame["id"].is_unique
+    assert sorted(frame["id"]) == source_ids(demo_url, start, end)
+    assert (frame["updated_at"] == start + timedelta(hours=3)).sum() == 10
+
+
 def test_a_sync_reads_only_the_columns_its_outputs_hold(demo_url):
     """A county's master table carries columns no output holds (legal descriptions, deed
     references): the sync's pages leave them in the database; the resource's own reads of
@@ -248,11 +261,30 @@ def test_sql_server_keyset_predicate_is_bound():
     """A later page seeks from the last row read: its one lower bound on the cursor is that
     row's (with the window's start as well, a database may seek from the start and step over
     every row already read, which grows with the square of the table)."""
-    sql = compiled_page(sql_server(), after=(datetime(2026, 5, 30, tzinfo=UTC), 17))
-    assert ("[MasterParcels].updated_at >= :updated_at_2 AND ([MasterParcels].updated_at > "
-            ":updated_at_3 OR [MasterParcels].id > :id_1)") in sql
+    sql = compiled_page(sql_server(), after=("2026-05-30T10:11:12.1234567", 17))
+    assert ("[MasterParcels].updated_at >= CAST(:param_2 AS DATETIME) AND ([MasterParcels]"
+            ".updated_at > CAST(:param_2 AS DATETIME) OR [MasterParcels].id > :id_1)") in sql
     assert sql.count("updated_at >=") == 1 and "[MasterParcels].updated_at < :updated_at_1" in sql
     assert "17" not in sql and "2026" not in sql
+
+
+def test_sql_server_page_starts_after_the_last_rows_exact_time():
+    """pyodbc cuts datetime2's 100 ns ticks to microseconds: a next page bounded by the cut
+    value would read the last row again, and a mass update (every row it touched stamped with
+    one time) longer than a page would be read forever. Each page reads its rows' cursor as
+    text as well, and the next page starts after that exact value, cast back to the column's
+    own type (a county's datetime2 here, as reflection would give it)."""
+    source = sql_server()
+    source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
+    source._table.c.updated_at.type = mssql.DATETIME2(precision=7)
+    last = "2026-05-30T10:11:12.1234567"
+    query = source.changed_rows_query(*WINDOW, after=(last, 17))
+    compiled = query.compile(dialect=mssql.dialect())
+    assert "convert(varchar(34), [MasterParcels].updated_at, 126) AS page_cursor" in str(compiled)
+    assert ("[MasterParcels].updated_at >= CAST(:param_2 AS DATETIME2(7)) AND ([MasterParcels]"
+            ".updated_at > CAST(:param_2 AS DATETIME2(7)) OR [MasterParcels].id > :id_1)"
+            ) in str(compiled)
+    assert compiled.params["param_2"] == last and compiled.params["id_1"] == 17
 
 
 def test_sql_server_unreachable_through_freetds_is_a_clear_error():

@@ -30,6 +30,9 @@ SRID_COLUMN = "geometry_srid"
 # Why a row's cursor value could not be read as a time (None where it could): the row checks
 # turn it into a reject reason.
 CURSOR_PROBLEM = "cursor_problem"
+# On SQL Server, each page also reads its rows' cursor as text (see ``_cursor_text``): the
+# next page starts after the last row's exact value.
+PAGE_CURSOR = "page_cursor"
 # The earliest cursor value taken as a real edit time: older values (0001-01-01, an epoch 0
 # default) are placeholders, like NULL, and cannot be placed in a sync window.
 EARLIEST_CURSOR = datetime(1970, 1, 1, tzinfo=UTC)
@@ -346,25 +349,33 @@ class MasterParcelsSource(ConfigurableResource):
                            after: tuple[object, object] | None = None,
                            columns: Collection[str] | None = None) -> sa.Select:
         """One keyset page of rows with start <= cursor < end, after (cursor, key) ``after``
-        (the last row of the previous page, as the driver returned it); ``columns`` as in
-        ``_selected_columns``.
+        (the last row of the previous page: as the driver returned it, on SQL Server its
+        ``page_cursor`` text); ``columns`` as in ``_selected_columns``.
 
         Keyset pagination on (cursor, key) keeps every page an index seek, where OFFSET/FETCH
         would re-scan all the skipped rows. A later page's one lower bound on the cursor is
         the last row's: given ``start`` as well, SQLite seeks to ``start`` and steps over every
         row already read (a full sync of 1,000,000 rows spent 2.6 s there, growing with the
-        square of the table). Rows without a key cannot be paged past or merged: key
-        reconciliation lists them (``iter_unplaced``).
+        square of the table). On SQL Server the bound is the last row's cursor read as text:
+        pyodbc cuts datetime2's 100 ns ticks to microseconds, and a bound cut below the last
+        row would read it again, and read forever a page's worth of rows sharing one time (a
+        mass update stamps every row it touches with the same time). Rows without a key cannot
+        be paged past or merged: key reconciliation lists them (``iter_unplaced``).
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        query = sa.select(*self._selected_columns(table, columns)) \
+        selected = self._selected_columns(table, columns)
+        if self.dialect_name == "mssql":
+            selected.append(self._cursor_text(table).label(PAGE_CURSOR))
+        query = sa.select(*selected) \
             .where(key.is_not(None)).order_by(cursor, key).limit(self.batch_size)
         if after is None:
             return self._between(query, table, start, end)
         last_cursor, last_key = after
         if self.dialect_name == "sqlite":  # compare as stored: text with text
             last_cursor = sa.literal(last_cursor, sa.String)
+        elif self.dialect_name == "mssql":  # the exact value, as the column stores it
+            last_cursor = sa.cast(sa.literal(last_cursor, sa.String), cursor.type)
         # cursor >= last (itself >= start) and, at the same cursor, a greater key
         return self._between(query, table, None, end).where(
             cursor >= last_cursor, sa.or_(cursor > last_cursor, key > last_key))
@@ -387,9 +398,10 @@ class MasterParcelsSource(ConfigurableResource):
                 batch = self._page(conn, self.changed_rows_query(start, end, after, columns))
                 if batch.empty and after is not None:
                     return
+                exact = batch.pop(PAGE_CURSOR) if PAGE_CURSOR in batch \
+                    else batch[self.cursor_column]
                 if len(batch):
-                    after = (batch[self.cursor_column].iloc[-1],
-                             plain(batch[self.key_column].iloc[-1]))
+                    after = (exact.iloc[-1], plain(batch[self.key_column].iloc[-1]))
                 batch[self.cursor_column], batch[CURSOR_PROBLEM] = self.cursor_to_utc(
                     table, batch[self.cursor_column])
                 if srid is not None:
@@ -460,10 +472,11 @@ class MasterParcelsSource(ConfigurableResource):
 
     def _cursor_text(self, table: sa.Table) -> sa.ColumnElement:
         """The cursor at the source's full precision: SQL Server's datetime2 has 100 ns ticks,
-        which pyodbc's datetime would cut to microseconds, so it is read as ISO text there."""
+        which pyodbc's datetime would cut to microseconds, so it is read as ISO text there
+        (a datetimeoffset with its offset: 33 characters)."""
         cursor = table.c[self.cursor_column]
         if self.dialect_name == "mssql":
-            return sa.func.convert(sa.literal_column("varchar(27)"), cursor,
+            return sa.func.convert(sa.literal_column("varchar(34)"), cursor,
                                    sa.literal_column("126"))
         return self._cursor_raw(table)
 
@@ -486,7 +499,8 @@ class MasterParcelsSource(ConfigurableResource):
         frame = pd.DataFrame(rows, columns=["cursor_text", "id"])
         raw = frame["cursor_text"]
         if self.dialect_name == "mssql":  # text with 7 decimals; a datetime holds 6
-            frame["updated_at"], _ = self.cursor_to_utc(table, raw.str.slice(0, 26))
+            frame["updated_at"], _ = self.cursor_to_utc(
+                table, raw.str.replace(r"(\.\d{6})\d+", r"\1", regex=True))
         else:
             frame["updated_at"], _ = self.cursor_to_utc(table, raw)
             frame["cursor_text"] = raw.map(

@@ -1,44 +1,66 @@
 """The production instance (deploy/dagster.production.yaml) on the real PostgreSQL server: runs,
 events and schedules stored there, runs queued and started by a real ``dagster-daemon``, and
 two syncs submitted together run one after the other (the tag concurrency limit), never
-writing the outputs at the same time."""
+writing the outputs at the same time; with events stored in batches, as deployed, every
+window of a range run still gets its own materializations."""
 
 import itertools
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import AS_OF, clean_env, stop_process_group
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from conftest import AS_OF, FIRST_KEY, LAST_KEY, clean_env, stop_process_group
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    PartitionKeyRange,
+    RunsFilter,
+)
 
+from countysync_assets.assets.parcel_sync import SPECS
 from countysync_assets.demo_source import create_demo_source
+from countysync_assets.partitions import PARTITIONS
+from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+from countysync_assets.sensors.in_process import InProcessSync
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DAYS = ("2026-05-28", "2026-05-29")
+# the event batch size the image sets (the non-container deployment sets the same)
+BATCH_SIZE = re.search(r"DAGSTER_EVENT_BATCH_SIZE=(\d+)",
+                       (ROOT / "deploy" / "Dockerfile").read_text()).group(1)
 
 
-@pytest.fixture
-def production(tmp_path, pg_database_url, monkeypatch):
-    """DAGSTER_HOME with the production dagster.yaml, its storage a fresh PostgreSQL
-    database, a demo source; and a real daemon, stopped afterwards."""
+def production_home(tmp_path: Path, pg_database_url: str, monkeypatch) -> tuple[Path, str]:
+    """DAGSTER_HOME with the production dagster.yaml, its storage a fresh PostgreSQL database
+    (its schema made, before two processes race to), and that database's URL."""
     home = tmp_path / "home"
     home.mkdir()
     # as deployed, but the log file in this test's folder (production: /var/log/countysync/)
     (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.production.yaml").read_text()
                                        .replace("/var/log/countysync/", f"{tmp_path}/"))
-    source = tmp_path / "demo.sqlite"
-    create_demo_source(f"sqlite:///{source}", rows=400, seed=3, as_of=AS_OF, days=4)
     # dagster-postgres is written for psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)
     instance_url = pg_database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    monkeypatch.setenv("COUNTYSYNC_DAGSTER_PG_URL", instance_url)
+    DagsterInstance.from_config(str(home)).dispose()
+    return home, instance_url
+
+
+@pytest.fixture
+def production(tmp_path, pg_database_url, monkeypatch):
+    """The production instance, a demo source; and a real daemon, stopped afterwards."""
+    home, instance_url = production_home(tmp_path, pg_database_url, monkeypatch)
+    source = tmp_path / "demo.sqlite"
+    create_demo_source(f"sqlite:///{source}", rows=400, seed=3, as_of=AS_OF, days=4)
     env = clean_env(DAGSTER_HOME=str(home), COUNTYSYNC_DAGSTER_PG_URL=instance_url,
                     COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
                     COUNTYSYNC_EXPORT_DIR=str(tmp_path / "exports"),
-                    COUNTYSYNC_PARTITION_START="2026-05-28")
-    monkeypatch.setenv("COUNTYSYNC_DAGSTER_PG_URL", instance_url)
-    DagsterInstance.from_config(str(home)).dispose()  # the schema, before two processes race
+                    COUNTYSYNC_PARTITION_START="2026-05-28",
+                    DAGSTER_EVENT_BATCH_SIZE=BATCH_SIZE)
     with open(tmp_path / "daemon.log", "w") as log:
         daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w",
                                    str(ROOT / "workspace.yaml")], cwd=tmp_path, env=env,
@@ -80,4 +102,25 @@ def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):
         assert before.end_time <= after.start_time, "two syncs ran at the same time"
     assert (workdir / "exports" / "working_db.sqlite").exists()
     assert "parcel_sync" in (workdir / "countysync.log").read_text()  # the runs' file log
+    instance.dispose()
+
+
+def test_batched_events_give_each_window_of_a_range_run_its_materializations(
+        tmp_path, pg_database_url, demo_url, monkeypatch):
+    """As deployed, Dagster stores a range run's materializations of each asset in one
+    PostgreSQL transaction (DAGSTER_EVENT_BATCH_SIZE): every window of the run still gets its
+    own event for every asset of the sync, with the run's figures named as the run's."""
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", BATCH_SIZE)
+    home, _ = production_home(tmp_path, pg_database_url, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    sync = InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
+    assert sync.sync_range(FIRST_KEY, LAST_KEY)
+    windows = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(FIRST_KEY, LAST_KEY))
+    for spec in SPECS:
+        records = instance.fetch_materializations(spec.key, limit=100).records
+        assert sorted(r.partition_key for r in records) == windows, spec.key
+        assert instance.get_materialized_partitions(spec.key) == set(windows)
+    working = instance.fetch_materializations(AssetKey("working"), limit=100).records
+    rows = {r.asset_materialization.metadata["run_rows"].value for r in working}
+    assert rows == {2_000}, rows  # the demo's 2,000 parcels, all in these four windows
     instance.dispose()

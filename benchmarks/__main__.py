@@ -1,9 +1,11 @@
 """Run the benchmark: ``python -m benchmarks [--sizes 100000 1000000] [--repeat 3]``;
 ``python -m benchmarks --report`` prints the tables of the latest results again.
 
-For each source size: a demo source, then for each tool (countysync, the seeds' pandas path,
-dlt) and step (full, incremental after 1% churn, backfill of 30 daily partitions and its
-rerun; for countysync also the delete check that removes the churn's deletes, which the
+For each source size: a demo source, then for each tool (countysync, on Dagster's local
+SQLite instance and on the production one, ``countysync-pg-instance``; countysync writing
+only dlt's tables; the seeds' pandas path; dlt; dlt followed by ogr2ogr) and step (full,
+incremental after 1% churn, backfill of 30 daily partitions and its rerun; for countysync
+also the delete check that removes the churn's deletes, which the
 peers' incremental steps do not: dlt's merge keeps deleted rows, the seeds replace whole
 tables; for countysync and dlt also an incremental sync of the same 1,000 changed rows at
 every size, which should not grow with the table) the median wall time of ``--repeat``
@@ -36,15 +38,17 @@ from typing import NamedTuple
 import sqlalchemy as sa
 
 from benchmarks import appraisal
-from benchmarks.measure import machine, measure
+from benchmarks.measure import INSTANCE_URL_ENV, machine, measure
 from countysync_assets.demo_source import churn, create_demo_source
 from countysync_assets.partitions import START_ENV, build_partitions_def
 
-TOOLS = ("countysync", "countysync-tabular", "seeds-pandas", "dlt", "dlt+ogr2ogr")
+TOOLS = ("countysync", "countysync-pg-instance", "countysync-tabular", "seeds-pandas", "dlt",
+         "dlt+ogr2ogr")
 STEPS = ("full", "incremental", "delete-check", "incremental-1000", "backfill",
          "backfill-rerun")
 PEER_STEPS = ("full", "incremental", "incremental-1000", "backfill", "backfill-rerun")
 TOOL_STEPS = {"countysync": STEPS,
+              "countysync-pg-instance": STEPS,
               "countysync-tabular": PEER_STEPS,
               "seeds-pandas": ("full", "incremental", "backfill", "backfill-rerun"),
               "dlt": PEER_STEPS,
@@ -52,6 +56,9 @@ TOOL_STEPS = {"countysync": STEPS,
 OUTPUTS = {
     "countysync": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
                    "geojson", "use_code_summary"],
+    # the same, its Dagster instance the production one (deploy/): PostgreSQL, events batched
+    "countysync-pg-instance": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv",
+                               "json", "geojson", "use_code_summary"],
     # configured (COUNTYSYNC_FORMATS) to write what dlt writes, for a same-work ratio
     "countysync-tabular": ["working_db.sqlite", "stats_db.sqlite", "use_code_summary"],
     "seeds-pandas": ["working_db.sqlite", "stats_db.sqlite", "geo_db.gpkg", "csv", "json",
@@ -170,8 +177,28 @@ def run_step(tool: str, step: str, plan: dict[str, Step], root: Path, attempt: i
         # the copy on disk before the clock starts: at 2,000,000 parcels its gigabytes were
         # still being written back during the timed sync (2.5-2.7 s against 2.0-2.2 s)
         os.sync()
-    # the benchmark's go-live date over any setting of the person running it
-    return measure(tool, step, workdir, [source, partitions], {START_ENV: go_live()}, profile)
+    env = {START_ENV: go_live()}  # the benchmark's go-live date over the person's setting
+    if tool == "countysync-pg-instance":
+        env[INSTANCE_URL_ENV] = instance_database(workdir, step, root / tool / f"full-{attempt}")
+    return measure(tool, step, workdir, [source, partitions], env, profile)
+
+
+def instance_database(workdir: Path, step: str, full: Path) -> str:
+    """The URL of the PostgreSQL database that holds the Dagster instance of ``workdir``, as
+    the step needs it: empty for full and backfill, a copy of the full sync's for the
+    incremental steps (as their workdir is a copy of full's), as left for the rest."""
+    def name(folder: Path) -> str:
+        return "countysync_bench_" + folder.name.replace("-", "_")
+
+    admin = sa.create_engine(appraisal.POSTGRES + "postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if step in ("full", "backfill") or step.startswith("incremental"):
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name(workdir)} WITH (FORCE)"))
+            template = f" TEMPLATE {name(full)}" if step.startswith("incremental") else ""
+            conn.execute(sa.text(f"CREATE DATABASE {name(workdir)}{template}"))
+    admin.dispose()
+    # dagster-postgres is written for psycopg2
+    return (appraisal.POSTGRES + name(workdir)).replace("+psycopg:", "+psycopg2:")
 
 
 def bench_size(rows: int, repeat: int, root: Path, tools: tuple[str, ...],

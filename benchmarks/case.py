@@ -16,7 +16,10 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.measure import INSTANCE_URL_ENV
+
 MODULES = {"countysync": "benchmarks.case_countysync",
+           "countysync-pg-instance": "benchmarks.case_countysync",
            "countysync-tabular": "benchmarks.case_countysync",
            "seeds-pandas": "benchmarks.case_seeds_pandas",
            "dlt": "benchmarks.case_dlt",
@@ -31,10 +34,13 @@ TABULAR = {"master_parcels": [], "parcel_rejects": [], "working": ["sqlite"],
 
 def main() -> None:
     tool, step, workdir, *args = sys.argv[1:]
-    os.environ["DAGSTER_HOME"] = str(Path(workdir) / "dagster_home")
+    home = Path(workdir) / "dagster_home"
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
     if tool == "countysync-tabular":
         os.environ["COUNTYSYNC_FORMATS"] = json.dumps(TABULAR)
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    if tool == "countysync-pg-instance":
+        production_instance(home, Path(workdir))
     module = importlib.import_module(MODULES[tool])  # imports are not part of the timing
     peaks = {"together": 0, "one": 0}
     done = threading.Event()
@@ -47,6 +53,16 @@ def main() -> None:
     watcher.join()
     peak_kb = max(peaks["together"], peaks["one"], peak_rss_kb("self"))
     print(json.dumps({"wall_s": wall, "peak_rss_mb": peak_kb / 1024}))
+
+
+def production_instance(home: Path, workdir: Path) -> None:
+    """``home`` with the production dagster.yaml (its run log file in ``workdir``), its
+    storage the database the benchmark made for this case, events batched as deployed."""
+    production = (Path(__file__).parents[1] / "deploy" / "dagster.production.yaml").read_text()
+    (home / "dagster.yaml").write_text(production.replace("/var/log/countysync/",
+                                                          f"{workdir}/"))
+    os.environ["COUNTYSYNC_DAGSTER_PG_URL"] = os.environ[INSTANCE_URL_ENV]
+    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"  # as deploy/Dockerfile sets it
 
 
 def peak_rss_kb(pid: int | str) -> int:

@@ -9,6 +9,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+# the database of a case's Dagster instance, for countysync-pg-instance
+INSTANCE_URL_ENV = "COUNTYSYNC_BENCH_INSTANCE_URL"
+
 
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in

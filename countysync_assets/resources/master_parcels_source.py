@@ -473,7 +473,7 @@ class MasterParcelsSource(ConfigurableResource):
     def _cursor_text(self, table: sa.Table) -> sa.ColumnElement:
         """The cursor at the source's full precision: SQL Server's datetime2 has 100 ns ticks,
         which pyodbc's datetime would cut to microseconds, so it is read as ISO text there
-        (a datetimeoffset with its offset: 33 characters)."""
+        (up to 33 characters: a datetimeoffset keeps its offset)."""
         cursor = table.c[self.cursor_column]
         if self.dialect_name == "mssql":
             return sa.func.convert(sa.literal_column("varchar(34)"), cursor,

@@ -163,23 +163,29 @@ def prepare(rows: int, root: Path, days: float) -> tuple[dict[str, Step], dict]:
     return plan, changes
 
 
+def starts_afresh(step: str) -> bool:
+    """Whether a step starts from nothing (full, backfill) or from a copy of the full sync's
+    state (the incremental steps), rather than where the step before it left off."""
+    return step in ("full", "backfill") or step.startswith("incremental")
+
+
 def run_step(tool: str, step: str, plan: dict[str, Step], root: Path, attempt: int,
              profile: Path | None = None) -> tuple[float, float]:
     """One run of a step in its own process, in the workdir of this repeat: full and backfill
     start empty, the incremental steps from a copy of the fully synced state, the rest where
     the step before them left off."""
     source, partitions, _, kind = plan[step]
-    workdir = root / tool / f"{kind}-{attempt}"
-    if step in ("full", "backfill") or step.startswith("incremental"):
+    workdir, full = root / tool / f"{kind}-{attempt}", root / tool / f"full-{attempt}"
+    if starts_afresh(step):
         shutil.rmtree(workdir, ignore_errors=True)
     if step.startswith("incremental"):
-        shutil.copytree(root / tool / f"full-{attempt}", workdir)
+        shutil.copytree(full, workdir)
         # the copy on disk before the clock starts: at 2,000,000 parcels its gigabytes were
         # still being written back during the timed sync (2.5-2.7 s against 2.0-2.2 s)
         os.sync()
     env = {START_ENV: go_live()}  # the benchmark's go-live date over the person's setting
     if tool == "countysync-pg-instance":
-        env[INSTANCE_URL_ENV] = instance_database(workdir, step, root / tool / f"full-{attempt}")
+        env[INSTANCE_URL_ENV] = instance_database(workdir, step, full)
     return measure(tool, step, workdir, [source, partitions], env, profile)
 
 
@@ -192,7 +198,7 @@ def instance_database(workdir: Path, step: str, full: Path) -> str:
 
     admin = sa.create_engine(appraisal.POSTGRES + "postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        if step in ("full", "backfill") or step.startswith("incremental"):
+        if starts_afresh(step):
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name(workdir)} WITH (FORCE)"))
             template = f" TEMPLATE {name(full)}" if step.startswith("incremental") else ""
             conn.execute(sa.text(f"CREATE DATABASE {name(workdir)}{template}"))

@@ -39,8 +39,8 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     if tool == "countysync-tabular":
         os.environ["COUNTYSYNC_FORMATS"] = json.dumps(TABULAR)
-    if tool == "countysync-pg-instance":
-        production_instance(home, Path(workdir))
+    if tool.startswith("countysync"):
+        shipped_instance(tool, home, Path(workdir))
     module = importlib.import_module(MODULES[tool])  # imports are not part of the timing
     peaks = {"together": 0, "one": 0}
     done = threading.Event()
@@ -55,14 +55,21 @@ def main() -> None:
     print(json.dumps({"wall_s": wall, "peak_rss_mb": peak_kb / 1024}))
 
 
-def production_instance(home: Path, workdir: Path) -> None:
-    """``home`` with the production dagster.yaml (its run log file in ``workdir``), its
-    storage the database the benchmark made for this case, events batched as deployed."""
-    production = (Path(__file__).parents[1] / "deploy" / "dagster.production.yaml").read_text()
-    (home / "dagster.yaml").write_text(production.replace("/var/log/countysync/",
-                                                          f"{workdir}/"))
-    os.environ["COUNTYSYNC_DAGSTER_PG_URL"] = os.environ[INSTANCE_URL_ENV]
-    os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"  # as deploy/Dockerfile sets it
+def shipped_instance(tool: str, home: Path, workdir: Path) -> None:
+    """``home`` with the dagster.yaml countysync ships, its run log file in ``workdir``: the
+    local one (SQLite, as scripts/demo.sh copies it), or for ``countysync-pg-instance`` the
+    production one, its storage the database the benchmark made for this case, events
+    batched as deployed."""
+    root = Path(__file__).parents[1]
+    if tool == "countysync-pg-instance":
+        settings = (root / "deploy" / "dagster.production.yaml").read_text()
+        os.environ["COUNTYSYNC_DAGSTER_PG_URL"] = os.environ[INSTANCE_URL_ENV]
+        os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"  # as deploy/Dockerfile sets it
+    else:
+        settings = (root / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(
+        settings.replace("/var/log/countysync/", f"{workdir}/")
+        .replace("filename: countysync.log", f"filename: {workdir}/countysync.log"))
 
 
 def peak_rss_kb(pid: int | str) -> int:

@@ -8,10 +8,12 @@ and a new engine starts with an empty statement cache, so every insert is compil
 materialized, the checks' results), so on a range run this cost more than the rows did.
 ``KeptEnginesEventLogStorage`` keeps one engine and one connection per database file it
 writes (the index, and the few newest runs'), each used under Dagster's own lock: the same
-tables and transactions, ~3 ms an event. ``dagster.yaml`` selects it as
-``CountysyncSqliteStorage``, which lays out its files as Dagster's default storage does, so
-an instance made before keeps its history. The production instance (PostgreSQL,
-``deploy/``) is Dagster's own.
+tables and transactions, ~3 ms an event. And it writes a batch of one asset's
+materializations, which Dagster hands over when ``DAGSTER_EVENT_BATCH_SIZE`` is set (a range
+run's windows), in one transaction per file, as Dagster's PostgreSQL storage does.
+``dagster.yaml`` selects it as ``CountysyncSqliteStorage``, which lays out its files as
+Dagster's default storage does, so an instance made before keeps its history, and sets that
+batch size. The production instance (PostgreSQL, ``deploy/``) is Dagster's own.
 
 This leans on ``SqliteEventLogStorage._connect``, a private method: ``pyproject.toml`` pins
 Dagster to 1.13, and the test suite runs on this storage (every instance the tests make,
@@ -21,9 +23,14 @@ Dagster to 1.13, and the test suite runs on this storage (every instance the tes
 import os
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from dagster import Field, StringSource
+from dagster._config.config_schema import UserConfigSchema
+from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -32,9 +39,11 @@ from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
+from dagster._utils import mkdir_p
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 KEPT_RUN_FILES = 4  # run files whose engine stays open besides the index's (newest used)
 _LIVE: "weakref.WeakSet[KeptEnginesEventLogStorage]" = weakref.WeakSet()
 
@@ -68,13 +77,31 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
             self._initialized_dbs.add(shard)
         return engine
 
-    def forget_engines(self, close: bool = True) -> None:
-        """Drop every kept engine (closing its connection unless in a forked child, where
-        the connection is the parent's)."""
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """A batch of one asset's materializations (or observations), as Dagster hands them
+        over with ``DAGSTER_EVENT_BATCH_SIZE`` set: one transaction in the run's file and one
+        in the index, as Dagster's PostgreSQL storage does; any other batch event by event."""
+        kinds = {event.get_dagster_event().event_type for event in events}
+        if kinds not in ({DagsterEventType.ASSET_MATERIALIZATION},
+                         {DagsterEventType.ASSET_OBSERVATION}):
+            super().store_event_batch(events)
+            return
+        insert = self.prepare_insert_event_batch(events)
+        with self.run_connection(events[0].run_id) as conn:
+            conn.execute(insert)
+        with self.index_transaction() as conn:
+            # SQLite numbers the rows in the order of the VALUES, but returns them in any order
+            ids = sorted(row[0] for row in conn.execute(
+                insert.returning(SqlEventLogStorageTable.c.id)))
+            self._store_asset_event_tags(conn, events, ids)
+            self._store_asset_event(conn, events[-1], ids[-1])  # the asset's newest, as PG's
+
+    def forget_engines(self) -> None:
+        """Close every kept engine; the next write opens its file again."""
         with self._db_lock:
             engines, self._engines = self._engines, OrderedDict()
         for engine in engines.values():
-            engine.dispose(close=close)
+            engine.dispose()
 
     def wipe(self) -> None:
         self.forget_engines()  # before Dagster deletes the run files they have open
@@ -86,8 +113,10 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
 
 
 def _after_fork_in_child() -> None:
+    """A forked child opens its own connections: the parent's are not to be used or closed
+    from two processes (SQLite's rule), nor the lock taken, which a parent's thread may hold."""
     for storage in list(_LIVE):
-        storage.forget_engines(close=False)
+        storage._engines = OrderedDict()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -95,13 +124,23 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class CountysyncSqliteStorage(DagsterSqliteStorage):
     """Dagster's SQLite storage under ``base_dir`` (its default files and layout), its event
-    log ``KeptEnginesEventLogStorage``."""
+    log ``KeptEnginesEventLogStorage``; ``event_batch_size`` becomes Dagster's
+    ``DAGSTER_EVENT_BATCH_SIZE`` in each process that opens the instance (a run's included),
+    unless the environment sets it."""
 
-    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+    def __init__(self, base_dir: str, event_batch_size: int = 0,
+                 inst_data: ConfigurableClassData | None = None):
         super().__init__(base_dir, inst_data)
         self._event_log_storage = KeptEnginesEventLogStorage(_event_logs_directory(base_dir))
+        if event_batch_size:  # Dagster reads it from the environment at each event
+            os.environ.setdefault(EVENT_BATCH_SIZE_ENV, str(event_batch_size))
+
+    @classmethod
+    def config_type(cls) -> UserConfigSchema:
+        return {"base_dir": StringSource, "event_batch_size": Field(int, is_required=False)}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None,
                           config_value: dict) -> "CountysyncSqliteStorage":
-        return cls.from_local(inst_data=inst_data, **config_value)
+        mkdir_p(config_value["base_dir"])
+        return cls(inst_data=inst_data, **config_value)

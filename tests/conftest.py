@@ -19,12 +19,15 @@ RUN_DIR = Path(tempfile.mkdtemp(prefix="countysync-run-"))
 
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance, instance_for_test, materialize
+import yaml
+from dagster import AssetKey, DagsterInstance, PartitionKeyRange, instance_for_test, materialize
 
+from countysync_assets.assets.parcel_sync import SPECS
 from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import create_demo_source, parcels_table
+from countysync_assets.instance_storage import EVENT_BATCH_SIZE_ENV
 from countysync_assets.io_managers.export_io_manager import PARALLEL_ROWS, ExportIOManager
-from countysync_assets.partitions import range_tags
+from countysync_assets.partitions import PARTITIONS, range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
 
@@ -127,10 +130,37 @@ def pg_database_url(postgres_admin_url):
     admin.dispose()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# the storage dagster.yaml gives the local instance (countysync_assets/instance_storage.py)
+SHIPPED_STORAGE = yaml.safe_load((ROOT / "dagster.yaml").read_text())["storage"]
+
+
 @pytest.fixture
 def instance():
-    with instance_for_test() as dagster_instance:
+    """A real Dagster instance in a temporary DAGSTER_HOME, on the storage countysync ships.
+    Its event batch size, which the storage sets for the process, is taken back afterwards."""
+    batch_size = os.environ.get(EVENT_BATCH_SIZE_ENV)
+    with instance_for_test(overrides={"storage": SHIPPED_STORAGE}) as dagster_instance:
         yield dagster_instance
+    if batch_size is None:
+        os.environ.pop(EVENT_BATCH_SIZE_ENV, None)
+
+
+def assert_each_window_materialized(instance: DagsterInstance, rows: int,
+                                    first: str = FIRST_KEY, last: str = LAST_KEY) -> None:
+    """After one range run over first..last: every window has its own materialization of
+    every asset of the sync (also when Dagster stored them in batches), and the run's
+    figures are named as the run's (``rows``: the rows it read)."""
+    windows = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(first, last))
+    for spec in SPECS:
+        records = instance.fetch_materializations(spec.key, limit=1000).records
+        assert sorted(r.partition_key for r in records) == windows, spec.key
+        assert instance.get_materialized_partitions(spec.key) == set(windows)
+        entry = instance.get_asset_records([spec.key])[0].asset_entry  # what the UI shows
+        assert entry.last_materialization_record.partition_key == windows[-1], spec.key
+    working = instance.fetch_materializations(AssetKey("working"), limit=1000).records
+    run_rows = {r.asset_materialization.metadata["run_rows"].value for r in working}
+    assert run_rows == {rows}, run_rows
 
 
 def materialize_range(source: MasterParcelsSource, export_dir, instance: DagsterInstance,

@@ -76,7 +76,7 @@ def celery_worker(tmp_path):
         log.close()
 
 
-def test_a_sync_runs_its_steps_on_a_celery_worker(celery_worker, tmp_path):
+def test_a_sync_runs_its_steps_on_a_celery_worker(celery_worker, tmp_path, monkeypatch):
     env, worker, source = celery_worker  # the README's sync command, as demo.sh runs it
     result = subprocess.run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", "countysync_assets.definitions",
@@ -88,7 +88,8 @@ def test_a_sync_runs_its_steps_on_a_celery_worker(celery_worker, tmp_path):
 
     # the sync step ran in one of the worker's processes, not in the run's
     workers = {worker.pid, *(p.pid for p in psutil.Process(worker.pid).children(recursive=True))}
-    instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])  # as the run's processes had it
+    instance = DagsterInstance.get()
     run = instance.get_runs(limit=1)[0]
     started = {e.step_key: e.dagster_event.pid for e in instance.all_logs(
         run.run_id, of_type=DagsterEventType.STEP_START)}

@@ -12,18 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AS_OF, FIRST_KEY, LAST_KEY, clean_env, stop_process_group
-from dagster import (
-    AssetKey,
-    DagsterInstance,
-    DagsterRunStatus,
-    PartitionKeyRange,
-    RunsFilter,
+from conftest import (
+    AS_OF,
+    FIRST_KEY,
+    LAST_KEY,
+    assert_each_window_materialized,
+    clean_env,
+    stop_process_group,
 )
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from countysync_assets.assets.parcel_sync import SPECS
 from countysync_assets.demo_source import create_demo_source
-from countysync_assets.partitions import PARTITIONS
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
 
@@ -115,12 +114,5 @@ def test_batched_events_give_each_window_of_a_range_run_its_materializations(
     instance = DagsterInstance.from_config(str(home))
     sync = InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
     assert sync.sync_range(FIRST_KEY, LAST_KEY)
-    windows = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(FIRST_KEY, LAST_KEY))
-    for spec in SPECS:
-        records = instance.fetch_materializations(spec.key, limit=100).records
-        assert sorted(r.partition_key for r in records) == windows, spec.key
-        assert instance.get_materialized_partitions(spec.key) == set(windows)
-    working = instance.fetch_materializations(AssetKey("working"), limit=100).records
-    rows = {r.asset_materialization.metadata["run_rows"].value for r in working}
-    assert rows == {2_000}, rows  # the demo's 2,000 parcels, all in these four windows
+    assert_each_window_materialized(instance, rows=2_000)  # the demo's, all in these windows
     instance.dispose()

@@ -15,9 +15,11 @@ run's windows), in one transaction per file, as Dagster's PostgreSQL storage doe
 Dagster's default storage does, so an instance made before keeps its history, and sets that
 batch size. The production instance (PostgreSQL, ``deploy/``) is Dagster's own.
 
-This leans on ``SqliteEventLogStorage._connect``, a private method: ``pyproject.toml`` pins
-Dagster to 1.13, and the test suite runs on this storage (every instance the tests make,
-``dagster dev`` and Celery workers included).
+This leans on private parts of Dagster's SQLite event log (``_connect``, which it replaces,
+and the lock, schema set-up and index writers that method and the batch write use, the same
+ones Dagster's own storages call): ``pyproject.toml`` pins Dagster to 1.13, and the test
+suite runs on this storage (every instance the tests make, ``dagster dev`` and Celery
+workers included).
 """
 
 import os
@@ -78,9 +80,9 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
         return engine
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """A batch of one asset's materializations (or observations), as Dagster hands them
-        over with ``DAGSTER_EVENT_BATCH_SIZE`` set: one transaction in the run's file and one
-        in the index, as Dagster's PostgreSQL storage does; any other batch event by event."""
+        """A batch of materializations (or observations), as Dagster hands over an asset's
+        with ``DAGSTER_EVENT_BATCH_SIZE`` set: one transaction in the run's file and one in
+        the index, as Dagster's PostgreSQL storage does; any other batch event by event."""
         kinds = {event.get_dagster_event().event_type for event in events}
         if kinds not in ({DagsterEventType.ASSET_MATERIALIZATION},
                          {DagsterEventType.ASSET_OBSERVATION}):
@@ -94,7 +96,11 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
             ids = sorted(row[0] for row in conn.execute(
                 insert.returning(SqlEventLogStorageTable.c.id)))
             self._store_asset_event_tags(conn, events, ids)
-            self._store_asset_event(conn, events[-1], ids[-1])  # the asset's newest, as PG's
+            # each asset's record gets its newest event, as Dagster's PostgreSQL storage does
+            newest = {event.get_dagster_event().asset_key: (event, event_id)
+                      for event, event_id in zip(events, ids, strict=True)}
+            for event, event_id in newest.values():
+                self._store_asset_event(conn, event, event_id)
 
     def forget_engines(self) -> None:
         """Close every kept engine; the next write opens its file again."""

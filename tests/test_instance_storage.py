@@ -1,8 +1,9 @@
 """The local instance's storage (dagster.yaml, countysync_assets/instance_storage.py): a range
 run on it stores every window's materializations (in batches, as it sets Dagster to); what
 one process writes another reads at once, kept connections or not; more runs than it keeps
-files open for, a wiped instance and a forked child still work; and an instance made with
-Dagster's default storage keeps its history when switched to it."""
+files open for, a wiped instance and a forked child still work; ``dagster instance migrate``
+(scripts/demo.sh's first step) prepares it; and an instance made with Dagster's default
+storage keeps its history when switched to it."""
 
 import multiprocessing
 import os
@@ -129,6 +130,18 @@ def test_a_forked_child_opens_its_own_connections(home):
     assert kept.get(timeout=10) == 0
     assert kept.get(timeout=10) is True
     assert len(instance.fetch_materializations(AssetKey("marker"), limit=10).records) == 2
+    instance.dispose()
+
+
+def test_dagster_instance_migrate_prepares_the_shipped_instance(home):
+    """demo.sh creates the instance's storage with Dagster's CLI before any run."""
+    migrated = subprocess.run([str(Path(sys.executable).parent / "dagster"), "instance",
+                               "migrate"], env=clean_env(DAGSTER_HOME=str(home)),
+                              capture_output=True, text=True, timeout=300)
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    instance = DagsterInstance.get()
+    assert isinstance(instance.event_log_storage, KeptEnginesEventLogStorage)
+    assert materialize([marker], instance=instance).success
     instance.dispose()
 
 

@@ -8,9 +8,9 @@ and a new engine starts with an empty statement cache, so every insert is compil
 materialized, the checks' results), so on a range run this cost more than the rows did.
 ``KeptEnginesEventLogStorage`` keeps one engine and one connection per database file it
 writes (the index, and the few newest runs'), each used under Dagster's own lock: the same
-tables and transactions, ~3 ms an event. And it writes a batch of one asset's
-materializations, which Dagster hands over when ``DAGSTER_EVENT_BATCH_SIZE`` is set (a range
-run's windows), in one transaction per file, as Dagster's PostgreSQL storage does.
+tables and transactions, ~3 ms an event. And it writes the asset events of a batch, which
+Dagster hands over when ``DAGSTER_EVENT_BATCH_SIZE`` is set (a range run's materializations
+of an asset, the planned events of a new run), in one transaction per file.
 ``dagster.yaml`` selects it as ``CountysyncSqliteStorage``, which lays out its files as
 Dagster's default storage does, so an instance made before keeps its history, and sets that
 batch size. The production instance (PostgreSQL, ``deploy/``) is Dagster's own.
@@ -22,6 +22,7 @@ suite runs on this storage (every instance the tests make, ``dagster dev`` and C
 workers included).
 """
 
+import itertools
 import os
 import weakref
 from collections import OrderedDict
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 
 from dagster import Field, StringSource
 from dagster._config.config_schema import UserConfigSchema
-from dagster._core.events import DagsterEventType
+from dagster._core.events import ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -80,26 +81,34 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
         return engine
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """A batch of materializations (or observations), as Dagster hands over an asset's
-        with ``DAGSTER_EVENT_BATCH_SIZE`` set: one transaction in the run's file and one in
-        the index, as Dagster's PostgreSQL storage does; any other batch event by event."""
-        kinds = {event.get_dagster_event().event_type for event in events}
-        if kinds not in ({DagsterEventType.ASSET_MATERIALIZATION},
-                         {DagsterEventType.ASSET_OBSERVATION}):
-            super().store_event_batch(events)
-            return
+        """A batch, as Dagster hands one over with ``DAGSTER_EVENT_BATCH_SIZE`` set (a range
+        run's materializations of an asset; the planned events of a new run): its asset
+        events stored as Dagster's ``store_event`` stores them, but in one transaction per
+        file; any other event (a check's) on its own, in the batch's order."""
+        for is_asset, group in itertools.groupby(
+                events, key=lambda event: event.get_dagster_event().event_type in ASSET_EVENTS):
+            if is_asset:
+                self._store_asset_events(list(group))
+            else:
+                for event in group:
+                    self.store_event(event)
+
+    def _store_asset_events(self, events: list[EventLogEntry]) -> None:
         insert = self.prepare_insert_event_batch(events)
         with self.run_connection(events[0].run_id) as conn:
             conn.execute(insert)
-        with self.index_transaction() as conn:
+        with self.index_transaction() as conn:  # mirrored in the index, as store_event does
             # SQLite numbers the rows in the order of the VALUES, but returns them in any order
             ids = sorted(row[0] for row in conn.execute(
                 insert.returning(SqlEventLogStorageTable.c.id)))
             self._store_asset_event_tags(conn, events, ids)
-            # each asset's record gets its newest event, as Dagster's PostgreSQL storage does
-            newest = {event.get_dagster_event().asset_key: (event, event_id)
-                      for event, event_id in zip(events, ids, strict=True)}
-            for event, event_id in newest.values():
+            # An asset's record is overwritten by each event (its newest materialization, run,
+            # time): the newest event of each asset and kind, in order, leaves what writing
+            # every event would, without serializing each (Dagster's PostgreSQL storage also
+            # writes only the newest).
+            newest = {(event.get_dagster_event().asset_key, event.get_dagster_event().event_type):
+                      (event_id, event) for event, event_id in zip(events, ids, strict=True)}
+            for event_id, event in sorted(newest.values(), key=lambda pair: pair[0]):
                 self._store_asset_event(conn, event, event_id)
 
     def forget_engines(self) -> None:

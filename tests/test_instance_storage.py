@@ -1,5 +1,6 @@
 """The local instance's storage (dagster.yaml, countysync_assets/instance_storage.py): a range
-run on it stores every window's materializations (in batches, as it sets Dagster to); what
+run on it stores every window's materializations (in batches, as it sets Dagster to), and
+one that fails shows each of its windows failed; what
 one process writes another reads at once, kept connections or not; more runs than it keeps
 files open for, a wiped instance and a forked child still work; ``dagster instance migrate``
 (scripts/demo.sh's first step) prepares it; and an instance made with Dagster's default
@@ -13,14 +14,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIRST_KEY, LAST_KEY, ROOT, assert_each_window_materialized, clean_env
-from dagster import AssetKey, DagsterInstance, asset, materialize
+from conftest import (
+    FIRST_KEY,
+    LAST_KEY,
+    ROOT,
+    assert_each_window_materialized,
+    clean_env,
+    execute,
+)
+from dagster import (
+    AssetKey,
+    AssetPartitionStatus,
+    DagsterInstance,
+    PartitionKeyRange,
+    asset,
+    materialize,
+)
 
 from countysync_assets.instance_storage import (
     EVENT_BATCH_SIZE_ENV,
     KEPT_RUN_FILES,
     KeptEnginesEventLogStorage,
 )
+from countysync_assets.partitions import PARTITIONS, range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
 
@@ -63,6 +79,26 @@ def test_range_run_on_the_shipped_instance_stores_each_window(home, demo_url, tm
     # the files are Dagster's default ones, where its default storage would look
     assert (home / "history" / "runs" / "index.db").exists()
     assert (home / "history" / "runs.db").exists()
+    instance.dispose()
+
+
+def test_a_failed_range_run_shows_each_of_its_windows_failed(home, demo_url, tmp_path):
+    """The planned events of a new run come as one batch: the UI's partition status is read
+    from them, so a range run that fails must show every window it held as failed, and the
+    rerun that succeeds every window as materialized."""
+    instance = DagsterInstance.get()
+    sync = InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
+    windows = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(FIRST_KEY, LAST_KEY))
+    execute(demo_url, 'ALTER TABLE "MasterParcels" RENAME TO "Renamed"')  # a DBA's mistake
+    failed = sync.defs.resolve_job_def("sync_parcels").execute_in_process(
+        instance=instance, tags=range_tags(FIRST_KEY, LAST_KEY), raise_on_error=False)
+    assert not failed.success
+    status = instance.get_status_by_partition(AssetKey("working"), windows, PARTITIONS)
+    assert status == dict.fromkeys(windows, AssetPartitionStatus.FAILED)
+    execute(demo_url, 'ALTER TABLE "Renamed" RENAME TO "MasterParcels"')
+    assert sync.sync_range(FIRST_KEY, LAST_KEY)
+    status = instance.get_status_by_partition(AssetKey("working"), windows, PARTITIONS)
+    assert status == dict.fromkeys(windows, AssetPartitionStatus.MATERIALIZED)
     instance.dispose()
 
 

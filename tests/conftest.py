@@ -135,15 +135,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_STORAGE = yaml.safe_load((ROOT / "dagster.yaml").read_text())["storage"]
 
 
+def storage_sets_batch_size(monkeypatch) -> None:
+    """Let the shipped storage set Dagster's event batch size for this test's process, as it
+    does in a deployed one (only where the environment has none), and take it back after."""
+    monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "0")  # recorded, so the teardown restores it
+    monkeypatch.delenv(EVENT_BATCH_SIZE_ENV)
+
+
 @pytest.fixture
-def instance():
-    """A real Dagster instance in a temporary DAGSTER_HOME, on the storage countysync ships.
-    Its event batch size, which the storage sets for the process, is taken back afterwards."""
-    batch_size = os.environ.get(EVENT_BATCH_SIZE_ENV)
+def instance(monkeypatch):
+    """A real Dagster instance in a temporary DAGSTER_HOME, on the storage countysync ships."""
+    storage_sets_batch_size(monkeypatch)
     with instance_for_test(overrides={"storage": SHIPPED_STORAGE}) as dagster_instance:
         yield dagster_instance
-    if batch_size is None:
-        os.environ.pop(EVENT_BATCH_SIZE_ENV, None)
 
 
 def assert_each_window_materialized(instance: DagsterInstance, rows: int,

@@ -13,14 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import (
     FIRST_KEY,
     LAST_KEY,
     ROOT,
+    SHIPPED_STORAGE,
     assert_each_window_materialized,
     clean_env,
     execute,
+    storage_sets_batch_size,
 )
 from dagster import (
     AssetKey,
@@ -40,8 +41,6 @@ from countysync_assets.partitions import PARTITIONS, range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
 
-SHIPPED = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-
 
 @asset
 def marker() -> int:
@@ -57,10 +56,8 @@ def write_shipped_settings(home: Path, log_dir: Path) -> None:
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    """The shipped instance's home as DAGSTER_HOME, Dagster's event batch size unset (the
-    storage sets it; taken back afterwards)."""
-    monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "0")  # recorded, so the teardown restores it
-    monkeypatch.delenv(EVENT_BATCH_SIZE_ENV)
+    """The shipped instance's home as DAGSTER_HOME."""
+    storage_sets_batch_size(monkeypatch)
     home = tmp_path / "home"
     home.mkdir()
     write_shipped_settings(home, tmp_path)
@@ -71,7 +68,7 @@ def home(tmp_path, monkeypatch) -> Path:
 def test_range_run_on_the_shipped_instance_stores_each_window(home, demo_url, tmp_path):
     instance = DagsterInstance.get()
     assert isinstance(instance.event_log_storage, KeptEnginesEventLogStorage)
-    batch_size = SHIPPED["storage"]["custom"]["config"]["event_batch_size"]
+    batch_size = SHIPPED_STORAGE["custom"]["config"]["event_batch_size"]
     assert os.environ[EVENT_BATCH_SIZE_ENV] == str(batch_size)  # set by the storage
     sync = InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
     assert sync.sync_range(FIRST_KEY, LAST_KEY)
@@ -191,7 +188,7 @@ def test_an_instance_made_with_dagsters_default_storage_keeps_its_history(tmp_pa
     assert materialize([marker], instance=before).success
     before.dispose()
     write_shipped_settings(home, tmp_path)
-    monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, "0")  # taken back afterwards
+    storage_sets_batch_size(monkeypatch)
     after = DagsterInstance.from_config(str(home))
     assert isinstance(after.event_log_storage, KeptEnginesEventLogStorage)
     assert len(after.get_runs()) == 1

@@ -110,11 +110,10 @@ def test_what_one_process_writes_another_reads_at_once(home, demo_url, tmp_path)
               "sync = InProcessSync(MasterParcelsSource(url=sys.argv[1]), Path(sys.argv[2]),"
               " DagsterInstance.get())\n"
               "sys.exit(0 if sync.sync_range(sys.argv[3], sys.argv[3]) else 1)\n")
-    env = clean_env(DAGSTER_HOME=str(home))
-    env.pop(EVENT_BATCH_SIZE_ENV, None)
     for day in (FIRST_KEY, LAST_KEY):
         ran = subprocess.run([sys.executable, "-c", script, demo_url, str(tmp_path / "exports"),
-                              day], env=env, capture_output=True, text=True, timeout=300)
+                              day], env=clean_env(DAGSTER_HOME=str(home)),
+                             capture_output=True, text=True, timeout=300)
         assert ran.returncode == 0, ran.stderr[-2000:]
         assert day in watcher.get_materialized_partitions(AssetKey("working"))
     runs = watcher.get_runs()

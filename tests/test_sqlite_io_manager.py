@@ -2,12 +2,16 @@
 
 import sqlite3
 from contextlib import closing
+from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
-from dagster import build_input_context
-from io_contexts import input_context, logged, output_context
+from dagster import TimeWindow, build_input_context
+from io_contexts import COLUMNS, input_context, logged, output_context
 
+from countysync_assets.assets.asset_metadata import storage_metadata
+from countysync_assets.io_managers import sqlite_io_manager
 from countysync_assets.io_managers.format_io_manager import removals
 from countysync_assets.io_managers.output_transactions import OutputTransactions
 from countysync_assets.io_managers.sqlite_io_manager import SQLiteIOManager
@@ -184,3 +188,24 @@ def test_aggregate_that_cannot_be_kept_running_is_refused(manager):
     manager.handle_output(output_context(), things([(1, "a", "2026-05-28 01:00")]))
     with pytest.raises(ValueError, match="uses 'max'; the functions are count, sum"):
         county_totals(manager, {"by": "name", "values": {"top": ["max", "id"]}})
+
+
+def test_iter_columns_reads_every_row_whatever_the_window_and_first_values(manager, monkeypatch):
+    """What the checks and the delete check read back: every row, its text column NULL in the
+    whole first chunk (Arrow types come from the first values) and text after, read through
+    the index for a narrow window and by a scan for one that holds most rows."""
+    monkeypatch.setattr(sqlite_io_manager, "ROWS_PER_CHUNK", 3)
+    rows = [(i, None if i <= 4 else f"n{i}", f"2026-05-{i:02d} 01:00") for i in range(1, 21)]
+    manager.handle_output(output_context(), things(rows))
+
+    def read(window: TimeWindow | None) -> list[tuple]:
+        chunks = list(manager.iter_columns("things", storage_metadata(COLUMNS, ["sqlite"]),
+                                           ["id", "name"], window))
+        assert all(len(chunk) <= 3 for chunk in chunks)
+        return [(int(i), name) for chunk in chunks for i, name in
+                zip(chunk["id"], chunk["name"].replace({np.nan: None}), strict=True)]
+
+    everything = TimeWindow(datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC))
+    assert read(None) == read(everything) == [(i, name) for i, name, _ in rows]
+    narrow = TimeWindow(datetime(2026, 5, 2, tzinfo=UTC), datetime(2026, 5, 4, tzinfo=UTC))
+    assert read(narrow) == [(2, None), (3, None)]

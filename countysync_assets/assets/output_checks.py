@@ -292,20 +292,15 @@ def published_outputs_checks(context: AssetCheckExecutionContext, source: Master
                              ) -> Iterator[AssetCheckResult]:
     """Each selected check, in one step: a step of its own each cost Dagster a start, an
     output and a success event, committed one by one (~0.3 s of every sync). The checks run
-    on two threads: GDAL and GEOS, which read and test the geo files, let go of Python's
-    lock, so after a first sync the layer's checks run beside the tables' on the other core
-    (at 1,000,000 parcels: 8 s, against 16 s on one thread)."""
+    on two threads, the layer's first: GDAL and GEOS, which read and test the geo files, let
+    go of Python's lock, so after a first sync GDAL reads the GeoJSON on one core while the
+    other checks run on the other (at 1,000,000 parcels the GeoJSON alone takes ~6 s)."""
     selected = [(spec, check) for spec, check in CHECKS
                 if spec.key in context.selected_asset_check_keys]
-    layer = [(spec, check) for spec, check in selected
-             if spec.asset_key.path == ["parcel_geometry"]]
-    tables = [pair for pair in selected if pair not in layer]
-
-    def run(checks: list) -> list[tuple[AssetCheckSpec, AssetCheckResult]]:
-        return [(spec, check(context, source, io_manager)) for spec, check in checks]
-
+    layer_first = sorted(selected, key=lambda pair: pair[0].asset_key.path != ["parcel_geometry"])
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="checks") as pool:
-        running = [pool.submit(run, checks) for checks in (layer, tables) if checks]
-        results = {spec.key: result for future in running for spec, result in future.result()}
+        running = {spec.key: pool.submit(check, context, source, io_manager)
+                   for spec, check in layer_first}
+        results = {key: future.result() for key, future in running.items()}
     for spec, _ in selected:
         yield results[spec.key]._replace(asset_key=spec.asset_key, check_name=spec.name)

@@ -58,13 +58,11 @@ def main() -> None:
 def shipped_instance(tool: str, home: Path, workdir: Path) -> None:
     """``home`` with the dagster.yaml countysync ships, its run log file in ``workdir``: the
     local one (SQLite, as scripts/demo.sh copies it), or for ``countysync-pg-instance`` the
-    production one, its storage the database the benchmark made for this case, events
-    batched as deployed."""
+    production one, its storage the database the benchmark made for this case."""
     root = Path(__file__).parents[1]
     if tool == "countysync-pg-instance":
         settings = (root / "deploy" / "dagster.production.yaml").read_text()
         os.environ["COUNTYSYNC_DAGSTER_PG_URL"] = os.environ[INSTANCE_URL_ENV]
-        os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"  # as deploy/Dockerfile sets it
     else:
         settings = (root / "dagster.yaml").read_text()
     (home / "dagster.yaml").write_text(

@@ -1,5 +1,6 @@
-"""The local Dagster instance's storage: Dagster's own SQLite files, written without reopening
-them for every event.
+"""The Dagster instance's storage, local (SQLite) and production (PostgreSQL): Dagster's own,
+with a new run's planned events and a range run's materializations stored in batches, and on
+SQLite without reopening its files for every event.
 
 Dagster's SQLite event log builds a new SQLAlchemy engine, opens a connection, commits and
 closes it for each write, four times for an asset's event (its run's file, then the index),
@@ -13,13 +14,17 @@ Dagster hands over when ``DAGSTER_EVENT_BATCH_SIZE`` is set (a range run's mater
 of an asset, the planned events of a new run), in one transaction per file.
 ``dagster.yaml`` selects it as ``CountysyncSqliteStorage``, which lays out its files as
 Dagster's default storage does, so an instance made before keeps its history, and sets that
-batch size. The production instance (PostgreSQL, ``deploy/``) is Dagster's own.
+batch size. The production instance (``deploy/dagster.production.yaml``) is
+``CountysyncPostgresStorage``: dagster-postgres's storage, whose batch write takes only
+materializations (a new run's ~6 planned events per window went one by one, each on a new
+connection), with the same batch write.
 
-This leans on private parts of Dagster's SQLite event log (``_connect``, which it replaces,
-and the lock, schema set-up and index writers that method and the batch write use, the same
-ones Dagster's own storages call): ``pyproject.toml`` pins Dagster to 1.13, and the test
-suite runs on this storage (every instance the tests make, ``dagster dev`` and Celery
-workers included).
+This leans on private parts of Dagster's event logs (SQLite's ``_connect``, which it
+replaces, and the lock, schema set-up and index writers that method and the batch write use,
+the same ones Dagster's own storages call): ``pyproject.toml`` pins Dagster to 1.13 and
+dagster-postgres to 0.29, and the test suite runs on these storages (every instance the
+tests make, ``dagster dev`` and Celery workers included; the production one in
+``tests/test_production_instance.py``).
 """
 
 import itertools
@@ -43,16 +48,61 @@ from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
 from dagster._utils import mkdir_p
+from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage
+from dagster_postgres.auth import PgTokenProvider
+from dagster_postgres.utils import get_token_provider_from_config, pg_config, pg_url_from_config
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 KEPT_RUN_FILES = 4  # run files whose engine stays open besides the index's (newest used)
 _LIVE: "weakref.WeakSet[KeptEnginesEventLogStorage]" = weakref.WeakSet()
+BATCH_SIZE_FIELD = Field(int, is_required=False,
+                         description="Dagster's DAGSTER_EVENT_BATCH_SIZE, unless set")
 
 
-class KeptEnginesEventLogStorage(SqliteEventLogStorage):
-    """Dagster's SQLite event log, each database file's engine and connection kept open."""
+def use_event_batch_size(size: int) -> None:
+    """Dagster's event batch size in this process (a run's included: it opens the instance
+    too), unless the environment sets one; Dagster reads it at each event."""
+    if size:
+        os.environ.setdefault(EVENT_BATCH_SIZE_ENV, str(size))
+
+
+class AssetEventBatches:
+    """An event log's batch write: the asset events of a batch Dagster hands over (with
+    ``DAGSTER_EVENT_BATCH_SIZE`` set: a range run's materializations of an asset; the planned
+    events of a new run) stored as Dagster's ``store_event`` stores them, but in one
+    transaction per database; any other event (a check's) on its own, in the batch's order.
+    Mixed into an ``SqlEventLogStorage``, which ``_store_asset_events`` writes to."""
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        for is_asset, group in itertools.groupby(
+                events, key=lambda event: event.get_dagster_event().event_type in ASSET_EVENTS):
+            if is_asset:
+                self._store_asset_events(list(group))
+            else:
+                for event in group:
+                    self.store_event(event)
+
+    def _store_asset_events(self, events: list[EventLogEntry]) -> None:
+        raise NotImplementedError
+
+    def _store_asset_records(self, conn: Connection, events: list[EventLogEntry],
+                             ids: list[int]) -> None:
+        """The index's side of stored asset events (``ids``, in order): their tags, and each
+        asset's record. An asset's record is overwritten by each event (its newest
+        materialization, run, time): the newest event of each asset and kind, in order,
+        leaves what writing every event would, without serializing each."""
+        self._store_asset_event_tags(conn, events, ids)
+        newest = {(event.get_dagster_event().asset_key, event.get_dagster_event().event_type):
+                  (event_id, event) for event, event_id in zip(events, ids, strict=True)}
+        for event_id, event in sorted(newest.values(), key=lambda pair: pair[0]):
+            self._store_asset_event(conn, event, event_id)
+
+
+class KeptEnginesEventLogStorage(AssetEventBatches, SqliteEventLogStorage):
+    """Dagster's SQLite event log, each database file's engine and connection kept open, asset
+    events written in batches."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
@@ -80,19 +130,6 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
             self._initialized_dbs.add(shard)
         return engine
 
-    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """A batch, as Dagster hands one over with ``DAGSTER_EVENT_BATCH_SIZE`` set (a range
-        run's materializations of an asset; the planned events of a new run): its asset
-        events stored as Dagster's ``store_event`` stores them, but in one transaction per
-        file; any other event (a check's) on its own, in the batch's order."""
-        for is_asset, group in itertools.groupby(
-                events, key=lambda event: event.get_dagster_event().event_type in ASSET_EVENTS):
-            if is_asset:
-                self._store_asset_events(list(group))
-            else:
-                for event in group:
-                    self.store_event(event)
-
     def _store_asset_events(self, events: list[EventLogEntry]) -> None:
         insert = self.prepare_insert_event_batch(events)
         with self.run_connection(events[0].run_id) as conn:
@@ -101,15 +138,7 @@ class KeptEnginesEventLogStorage(SqliteEventLogStorage):
             # SQLite numbers the rows in the order of the VALUES, but returns them in any order
             ids = sorted(row[0] for row in conn.execute(
                 insert.returning(SqlEventLogStorageTable.c.id)))
-            self._store_asset_event_tags(conn, events, ids)
-            # An asset's record is overwritten by each event (its newest materialization, run,
-            # time): the newest event of each asset and kind, in order, leaves what writing
-            # every event would, without serializing each (Dagster's PostgreSQL storage also
-            # writes only the newest).
-            newest = {(event.get_dagster_event().asset_key, event.get_dagster_event().event_type):
-                      (event_id, event) for event, event_id in zip(events, ids, strict=True)}
-            for event_id, event in sorted(newest.values(), key=lambda pair: pair[0]):
-                self._store_asset_event(conn, event, event_id)
+            self._store_asset_records(conn, events, ids)
 
     def forget_engines(self) -> None:
         """Close every kept engine; the next write opens its file again."""
@@ -147,15 +176,52 @@ class CountysyncSqliteStorage(DagsterSqliteStorage):
                  inst_data: ConfigurableClassData | None = None):
         super().__init__(base_dir, inst_data)
         self._event_log_storage = KeptEnginesEventLogStorage(_event_logs_directory(base_dir))
-        if event_batch_size:  # Dagster reads it from the environment at each event
-            os.environ.setdefault(EVENT_BATCH_SIZE_ENV, str(event_batch_size))
+        use_event_batch_size(event_batch_size)
 
     @classmethod
     def config_type(cls) -> UserConfigSchema:
-        return {"base_dir": StringSource, "event_batch_size": Field(int, is_required=False)}
+        return {"base_dir": StringSource, "event_batch_size": BATCH_SIZE_FIELD}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None,
                           config_value: dict) -> "CountysyncSqliteStorage":
         mkdir_p(config_value["base_dir"])
         return cls(inst_data=inst_data, **config_value)
+
+
+class BatchedPostgresEventLogStorage(AssetEventBatches, PostgresEventLogStorage):
+    """dagster-postgres's event log, every batch of asset events written in one transaction."""
+
+    def _store_asset_events(self, events: list[EventLogEntry]) -> None:
+        insert = self.prepare_insert_event_batch(events)
+        with self.index_transaction() as conn:  # one database: the events and the index
+            ids = sorted(row[0] for row in conn.execute(
+                insert.returning(SqlEventLogStorageTable.c.id)))
+            self._store_asset_records(conn, events, ids)
+
+
+class CountysyncPostgresStorage(DagsterPostgresStorage):
+    """Dagster's PostgreSQL storage (its config, tables and run and schedule storage), its
+    event log ``BatchedPostgresEventLogStorage``; ``event_batch_size`` as in
+    ``CountysyncSqliteStorage``. (Dagster's constructor makes a plain event log first, which
+    is replaced: an engine without connections, and a look at the tables.)"""
+
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
+                 inst_data: ConfigurableClassData | None = None,
+                 token_provider: PgTokenProvider | None = None, event_batch_size: int = 0):
+        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
+        self._event_log_storage = BatchedPostgresEventLogStorage(
+            postgres_url, should_autocreate_tables, token_provider=token_provider)
+        use_event_batch_size(event_batch_size)
+
+    @classmethod
+    def config_type(cls) -> UserConfigSchema:
+        return {**pg_config(), "event_batch_size": BATCH_SIZE_FIELD}
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None,
+                          config_value: dict) -> "CountysyncPostgresStorage":
+        return cls(inst_data=inst_data, postgres_url=pg_url_from_config(config_value),
+                   should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+                   token_provider=get_token_provider_from_config(config_value),
+                   event_batch_size=config_value.get("event_batch_size", 0))

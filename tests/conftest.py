@@ -20,7 +20,14 @@ RUN_DIR = Path(tempfile.mkdtemp(prefix="countysync-run-"))
 import pytest
 import sqlalchemy as sa
 import yaml
-from dagster import AssetKey, DagsterInstance, PartitionKeyRange, instance_for_test, materialize
+from dagster import (
+    AssetKey,
+    AssetPartitionStatus,
+    DagsterInstance,
+    PartitionKeyRange,
+    instance_for_test,
+    materialize,
+)
 
 from countysync_assets.assets.parcel_sync import SPECS
 from countysync_assets.definitions import all_assets
@@ -234,3 +241,22 @@ def pytest_sessionfinish(session, exitstatus):
         from reliability_report import write_report
 
         write_report(RELIABILITY, passed=exitstatus == 0)
+
+
+def assert_failed_range_run_shows_each_window_failed(instance: DagsterInstance, demo_url: str,
+                                                     exports: Path) -> None:
+    """The planned events of a new run come as one batch: the UI's partition status is read
+    from them, so a range run that fails must show every window it held as failed, and the
+    rerun that succeeds every window as materialized."""
+    sync = InProcessSync(MasterParcelsSource(url=demo_url), exports, instance)
+    windows = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(FIRST_KEY, LAST_KEY))
+    execute(demo_url, 'ALTER TABLE "MasterParcels" RENAME TO "Renamed"')  # a DBA's mistake
+    failed = sync.defs.resolve_job_def("sync_parcels").execute_in_process(
+        instance=instance, tags=range_tags(FIRST_KEY, LAST_KEY), raise_on_error=False)
+    assert not failed.success
+    status = instance.get_status_by_partition(AssetKey("working"), windows, PARTITIONS)
+    assert status == dict.fromkeys(windows, AssetPartitionStatus.FAILED)
+    execute(demo_url, 'ALTER TABLE "Renamed" RENAME TO "MasterParcels"')
+    assert sync.sync_range(FIRST_KEY, LAST_KEY)
+    status = instance.get_status_by_partition(AssetKey("working"), windows, PARTITIONS)
+    assert status == dict.fromkeys(windows, AssetPartitionStatus.MATERIALIZED)

@@ -19,15 +19,13 @@ from conftest import (
     ROOT,
     SHIPPED_STORAGE,
     assert_each_window_materialized,
+    assert_failed_range_run_shows_each_window_failed,
     clean_env,
-    execute,
     storage_sets_batch_size,
 )
 from dagster import (
     AssetKey,
-    AssetPartitionStatus,
     DagsterInstance,
-    PartitionKeyRange,
     asset,
     materialize,
 )
@@ -37,7 +35,6 @@ from countysync_assets.instance_storage import (
     KEPT_RUN_FILES,
     KeptEnginesEventLogStorage,
 )
-from countysync_assets.partitions import PARTITIONS, range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
 
@@ -80,22 +77,8 @@ def test_range_run_on_the_shipped_instance_stores_each_window(home, demo_url, tm
 
 
 def test_a_failed_range_run_shows_each_of_its_windows_failed(home, demo_url, tmp_path):
-    """The planned events of a new run come as one batch: the UI's partition status is read
-    from them, so a range run that fails must show every window it held as failed, and the
-    rerun that succeeds every window as materialized."""
     instance = DagsterInstance.get()
-    sync = InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
-    windows = PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(FIRST_KEY, LAST_KEY))
-    execute(demo_url, 'ALTER TABLE "MasterParcels" RENAME TO "Renamed"')  # a DBA's mistake
-    failed = sync.defs.resolve_job_def("sync_parcels").execute_in_process(
-        instance=instance, tags=range_tags(FIRST_KEY, LAST_KEY), raise_on_error=False)
-    assert not failed.success
-    status = instance.get_status_by_partition(AssetKey("working"), windows, PARTITIONS)
-    assert status == dict.fromkeys(windows, AssetPartitionStatus.FAILED)
-    execute(demo_url, 'ALTER TABLE "Renamed" RENAME TO "MasterParcels"')
-    assert sync.sync_range(FIRST_KEY, LAST_KEY)
-    status = instance.get_status_by_partition(AssetKey("working"), windows, PARTITIONS)
-    assert status == dict.fromkeys(windows, AssetPartitionStatus.MATERIALIZED)
+    assert_failed_range_run_shows_each_window_failed(instance, demo_url, tmp_path / "exports")
     instance.dispose()
 
 

@@ -5,33 +5,40 @@ writing the outputs at the same time; with events stored in batches, as deployed
 window of a range run still gets its own materializations."""
 
 import itertools
-import re
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import (
     AS_OF,
     FIRST_KEY,
     LAST_KEY,
     assert_each_window_materialized,
+    assert_failed_range_run_shows_each_window_failed,
     clean_env,
     stop_process_group,
+    storage_sets_batch_size,
 )
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from countysync_assets.demo_source import create_demo_source
+from countysync_assets.instance_storage import (
+    EVENT_BATCH_SIZE_ENV,
+    BatchedPostgresEventLogStorage,
+)
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 from countysync_assets.sensors.in_process import InProcessSync
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DAYS = ("2026-05-28", "2026-05-29")
-# the event batch size the image sets (the non-container deployment sets the same)
-BATCH_SIZE = re.search(r"DAGSTER_EVENT_BATCH_SIZE=(\d+)",
-                       (ROOT / "deploy" / "Dockerfile").read_text()).group(1)
+SETTINGS = ROOT / "deploy" / "dagster.production.yaml"
+BATCH_SIZE = yaml.safe_load(SETTINGS.read_text())["storage"]["custom"]["config"][
+    "event_batch_size"]
 
 
 def production_home(tmp_path: Path, pg_database_url: str, monkeypatch) -> tuple[Path, str]:
@@ -40,7 +47,7 @@ def production_home(tmp_path: Path, pg_database_url: str, monkeypatch) -> tuple[
     home = tmp_path / "home"
     home.mkdir()
     # as deployed, but the log file in this test's folder (production: /var/log/countysync/)
-    (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.production.yaml").read_text()
+    (home / "dagster.yaml").write_text(SETTINGS.read_text()
                                        .replace("/var/log/countysync/", f"{tmp_path}/"))
     # dagster-postgres is written for psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)
     instance_url = pg_database_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
@@ -58,8 +65,7 @@ def production(tmp_path, pg_database_url, monkeypatch):
     env = clean_env(DAGSTER_HOME=str(home), COUNTYSYNC_DAGSTER_PG_URL=instance_url,
                     COUNTYSYNC_DEMO_SOURCE_PATH=str(source),
                     COUNTYSYNC_EXPORT_DIR=str(tmp_path / "exports"),
-                    COUNTYSYNC_PARTITION_START="2026-05-28",
-                    DAGSTER_EVENT_BATCH_SIZE=BATCH_SIZE)
+                    COUNTYSYNC_PARTITION_START="2026-05-28")
     with open(tmp_path / "daemon.log", "w") as log:
         daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w",
                                    str(ROOT / "workspace.yaml")], cwd=tmp_path, env=env,
@@ -106,13 +112,25 @@ def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):
 
 def test_batched_events_give_each_window_of_a_range_run_its_materializations(
         tmp_path, pg_database_url, demo_url, monkeypatch):
-    """As deployed, Dagster stores a range run's materializations of each asset in one
-    PostgreSQL transaction (DAGSTER_EVENT_BATCH_SIZE): every window of the run still gets its
-    own event for every asset of the sync, with the run's figures named as the run's."""
-    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", BATCH_SIZE)
+    """As deployed, the storage stores a new run's planned events and a range run's
+    materializations of each asset in one PostgreSQL transaction (event_batch_size): every
+    window of the run still gets its own event for every asset of the sync, with the run's
+    figures named as the run's."""
+    storage_sets_batch_size(monkeypatch)
     home, _ = production_home(tmp_path, pg_database_url, monkeypatch)
     instance = DagsterInstance.from_config(str(home))
+    assert isinstance(instance.event_log_storage, BatchedPostgresEventLogStorage)
+    assert os.environ[EVENT_BATCH_SIZE_ENV] == str(BATCH_SIZE)  # set by the storage
     sync = InProcessSync(MasterParcelsSource(url=demo_url), tmp_path / "exports", instance)
     assert sync.sync_range(FIRST_KEY, LAST_KEY)
     assert_each_window_materialized(instance, rows=2_000)  # the demo's, all in these windows
+    instance.dispose()
+
+
+def test_a_failed_range_run_shows_each_of_its_windows_failed_on_postgres(
+        tmp_path, pg_database_url, demo_url, monkeypatch):
+    storage_sets_batch_size(monkeypatch)
+    home, _ = production_home(tmp_path, pg_database_url, monkeypatch)
+    instance = DagsterInstance.from_config(str(home))
+    assert_failed_range_run_shows_each_window_failed(instance, demo_url, tmp_path / "exports")
     instance.dispose()

@@ -66,7 +66,9 @@ class ChangeMap:
         # the centre of each outline's box: a dot at the map's scale, 15x cheaper than GEOS's
         # centroid (1 s of a first sync of a million parcels)
         bounds = shapely.bounds(parcels.values)
-        self.points[kind].append((bounds[:, :2] + bounds[:, 2:]) / 2)
+        # kept as float32 (8 bytes a parcel, to a few centimetres: far below a pixel), as a
+        # first sync keeps one for every parcel of the county while it writes
+        self.points[kind].append(((bounds[:, :2] + bounds[:, 2:]) / 2).astype(np.float32))
         room = OUTLINES - sum(len(s) for part in self.shapes.values() for s in part)
         if room > 0:
             self.shapes[kind].append(parcels.iloc[:room])

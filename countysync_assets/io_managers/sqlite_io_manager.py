@@ -182,7 +182,7 @@ def _typed_value(declared: str) -> str:
     return "NULL"
 
 
-def _most_rows(cursor, source: str, where: str) -> bool:
+def _most_rows(cursor: adbc_sqlite.Cursor, source: str, where: str) -> bool:
     """Whether ``where`` keeps more than an eighth of a table's rows, when that is more than
     a chunk (below that the index is cheap however big the table): counted on the filter's
     index, which stops after the chunk's worth (milliseconds)."""

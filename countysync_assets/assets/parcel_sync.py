@@ -30,6 +30,7 @@ from countysync_assets.assets.deleted_parcels import TARGETS
 from countysync_assets.assets.frame_types import check_frame
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.io_managers.format_io_manager import OutputTarget
+from countysync_assets.memory import give_back_freed_batches
 from countysync_assets.partitions import PARTITIONS, rows_window
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
@@ -54,6 +55,7 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
     figures = {"source_rows": 0, "repaired_geometries": 0, "z_dropped": 0,
                "total_assessed_value": 0}
     rows = source.count_since(window.start, window.end)
+    give_back_freed_batches()
     with io_manager.explained("the sync's outputs"):
         outputs = io_manager.open_outputs(targets, rows)  # a big run: on both cores
         geometry_wanted = bool(outputs.formats("parcel_geometry") or

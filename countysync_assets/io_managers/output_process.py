@@ -24,6 +24,7 @@ from dagster import Failure
 
 from countysync_assets.io_managers.format_io_manager import OutputTarget
 from countysync_assets.io_managers.output_transactions import OutputError
+from countysync_assets.memory import give_back_freed_batches
 
 IN_FLIGHT = 2  # batches queued for the second process: bounds the memory both hold
 LOOK_SECONDS = 1.0  # how often a waiting side checks that the other still runs
@@ -117,6 +118,7 @@ def serve(manager_class: type, settings: dict, targets: list[OutputTarget], only
     """The second process: an ``OutputSet`` of the formats ``only``, fed from ``inbox``,
     answering ``stage``, ``commit`` and ``rollback`` on ``outbox``."""
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
+    give_back_freed_batches()
     manager = manager_class(**settings)
     outputs = None
     try:

@@ -1,6 +1,7 @@
 """The local instance's storage (dagster.yaml, countysync_assets/instance_storage.py): a range
 run on it stores every window's materializations (in batches, as it sets Dagster to), and
-one that fails shows each of its windows failed; what
+one that fails shows each of its windows failed; a new run's file, copied from an empty one,
+is the file Dagster would make; what
 one process writes another reads at once, kept connections or not; more runs than it keeps
 files open for, a wiped instance and a forked child still work; ``dagster instance migrate``
 (scripts/demo.sh's first step) prepares it; and an instance made with Dagster's default
@@ -8,8 +9,10 @@ storage keeps its history when switched to it."""
 
 import multiprocessing
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ from dagster import (
     asset,
     materialize,
 )
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from countysync_assets.instance_storage import (
     EVENT_BATCH_SIZE_ENV,
@@ -79,6 +83,38 @@ def test_range_run_on_the_shipped_instance_stores_each_window(home, demo_url, tm
 def test_a_failed_range_run_shows_each_of_its_windows_failed(home, demo_url, tmp_path):
     instance = DagsterInstance.get()
     assert_failed_range_run_shows_each_window_failed(instance, demo_url, tmp_path / "exports")
+    instance.dispose()
+
+
+def _schema(path: Path) -> tuple:
+    """What Dagster's set-up leaves in an event file: tables and indexes, the alembic stamp,
+    the journal mode."""
+    with closing(sqlite3.connect(path)) as conn:
+        return (sorted(conn.execute("SELECT type, name, sql FROM sqlite_master")),
+                conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+                conn.execute("PRAGMA journal_mode").fetchone())
+
+
+def test_a_new_runs_file_is_a_copy_of_the_one_dagster_makes(home, tmp_path):
+    instance = DagsterInstance.get()
+    first = materialize([marker], instance=instance)
+    assert first.success
+    runs_dir = home / "history" / "runs"
+    [empty] = runs_dir.glob(".empty-run-*.sqlite")  # made once, by Dagster's own set-up
+    made_at = empty.stat().st_mtime_ns
+    second = materialize([marker], instance=DagsterInstance.get())  # another storage object
+    assert second.success
+    assert empty.stat().st_mtime_ns == made_at  # copied, not made again
+    plain = SqliteEventLogStorage(str(tmp_path / "plain"))  # Dagster's own storage
+    with plain.run_connection("dagsters-own"):
+        pass
+    expected = _schema(tmp_path / "plain" / "dagsters-own.db")
+    for run in (first, second):
+        assert _schema(runs_dir / f"{run.run_id}.db") == expected
+        assert [e for e in instance.all_logs(run.run_id)
+                if e.dagster_event and e.dagster_event.is_step_success]
+    assert sorted(p.stem for p in runs_dir.glob("*.db")) == sorted(
+        ["index", *(run.run_id for run in instance.get_runs())])  # no copy left behind
     instance.dispose()
 
 

@@ -118,6 +118,18 @@ def test_a_new_runs_file_is_a_copy_of_the_one_dagster_makes(home, tmp_path):
     instance.dispose()
 
 
+def test_an_empty_index_file_is_set_up_not_taken_as_ready(home):
+    """A file without Dagster's stamp (left empty by a process that died making it) gets
+    Dagster's set-up; only a stamped one skips it."""
+    runs_dir = home / "history" / "runs"
+    runs_dir.mkdir(parents=True)
+    (runs_dir / "index.db").touch()
+    instance = DagsterInstance.get()
+    assert materialize([marker], instance=instance).success
+    assert len(instance.fetch_materializations(AssetKey("marker"), limit=10).records) == 1
+    instance.dispose()
+
+
 def test_what_one_process_writes_another_reads_at_once(home, demo_url, tmp_path):
     """The UI's process keeps its connections open while a run's process writes: it must see
     the run's events at once, not an old snapshot."""

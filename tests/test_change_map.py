@@ -90,3 +90,30 @@ def test_a_big_run_is_drawn_as_dots_of_every_parcel():
     assert counts == {"inserted": OUTLINES + 1, "updated": 8_000 - OUTLINES - 1}
     assert "one dot per parcel" in markdown
     assert pixels_of(picture, "updated") > 0 and pixels_of(picture, "inserted") > 0
+
+
+def test_outlines_are_filled_and_their_holes_left_white():
+    """A parcel with a courtyard (a hole) and a parcel of two parts, drawn as outlines."""
+    courtyard = shapely.Polygon([(0, 0), (30, 0), (30, 30), (0, 30)],
+                                holes=[[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    two_parts = shapely.MultiPolygon([shapely.box(40, 0, 50, 10), shapely.box(40, 20, 50, 30)])
+    change_map = ChangeMap()
+    change_map.add("updated", gpd.GeoSeries([courtyard], crs=2285))
+    change_map.add("inserted", gpd.GeoSeries([two_parts], crs=2285))
+    counts, picture = shown(change_map.markdown("A small sync"))
+    assert counts == {"updated": 1, "inserted": 1}
+    # the drawing spans x 0..50, y 0..30, centred in the picture at equal scale
+    scale = min((WIDTH - 8) / 50, (HEIGHT - 8) / 30)
+    left, top = (WIDTH - 50 * scale) / 2, (HEIGHT - 30 * scale) / 2
+
+    def at(x: float, y: float) -> np.ndarray:
+        return picture[round(HEIGHT - 1 - (top + y * scale)), round(left + x * scale)]
+
+    def is_colour(pixel: np.ndarray, kind: str) -> bool:
+        colour = np.array([int(COLOURS[kind][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        return bool(np.abs(pixel - colour).max() < 0.02)
+
+    assert is_colour(at(5, 5), "updated") and is_colour(at(25, 25), "updated")
+    assert (at(15, 15) == 1).all()  # the courtyard stays white
+    assert is_colour(at(45, 5), "inserted") and is_colour(at(45, 25), "inserted")
+    assert (at(45, 15) == 1).all()  # between the two parts

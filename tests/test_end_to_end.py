@@ -28,9 +28,14 @@ def test_sqlite_source_every_output_matches_and_rerun_changes_nothing(demo_url, 
     assert_outputs_match_source(demo_url, exports, KEYS)
     # what the run wrote, as the UI shows it: the first rows as a table, no geometry bytes
     for asset in ("working", "parcel_geometry"):
-        table = materialization_metadata(instance, asset)[0]["preview"].value.splitlines()
-        assert len(table) == 2 + 5 and "| parcel_id" in table[0].replace("|   ", "| ")
-        assert "b'" not in "".join(table) and "geometry" not in table[0]
+        table = materialization_metadata(instance, asset)[0]["preview"]
+        columns = [column.name for column in table.schema.columns]
+        assert len(table.records) == 5 and "parcel_id" in columns and "geometry" not in columns
+        for record in table.records:
+            assert set(record.data) == set(columns)
+            assert not any(isinstance(v, bytes) or str(v).startswith("b'")
+                           for v in record.data.values())
+        assert all(isinstance(record.data["parcel_id"], str) for record in table.records)
 
     before = snapshot(exports)
     assert materialize_range(source, exports, instance).success

@@ -23,6 +23,10 @@ from dagster import (
     InputContext,
     MetadataValue,
     OutputContext,
+    TableColumn,
+    TableMetadataValue,
+    TableRecord,
+    TableSchema,
     TimeWindow,
     get_dagster_logger,
 )
@@ -71,11 +75,22 @@ PARALLEL_ROWS = 100_000
 PREVIEW_ROWS = 5  # rows of what a run wrote, shown in its materialization's metadata
 
 
-def preview(rows: pd.DataFrame) -> str:
-    """The rows as a markdown table for the UI: text columns, no geometry or bytes."""
+def preview(rows: pd.DataFrame) -> TableMetadataValue:
+    """The rows as a table in the UI (Dagster's table metadata), without geometry or bytes.
+    (A markdown table needed tabulate, whose import took ~0.1 s of every run.)"""
     shown = rows[[c for c in rows.columns if c != "geometry"
                   and not rows[c].map(lambda v: isinstance(v, bytes)).any()]]
-    return shown.to_markdown(index=False)
+    cells = shown.astype(object).where(shown.notna(), None)
+    return MetadataValue.table(
+        records=[TableRecord({column: _cell(value) for column, value in row.items()})
+                 for row in cells.to_dict("records")],
+        schema=TableSchema(columns=[TableColumn(str(column), str(dtype))
+                                    for column, dtype in shown.dtypes.items()]))
+
+
+def _cell(value: object) -> str | int | float | bool | None:
+    """A value as a table cell holds it: numbers and text as they are, times as text."""
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
 def parse_formats(text: str | None) -> dict[str, list[str]]:
@@ -206,7 +221,7 @@ class OutputSet:
             for name, writers in self.writers.items():  # the layers before the removals
                 metadata[name] = {"formats": ", ".join(self.formats(name))}
                 if name in self.previews:
-                    metadata[name]["preview"] = MetadataValue.md(preview(self.previews[name]))
+                    metadata[name]["preview"] = preview(self.previews[name])
                 for _, writer in writers:
                     self.staged.append(writer.finish())
                     metadata[name].update(self.staged[-1].metadata)

@@ -311,6 +311,10 @@ def test_a_person_clicks_through_the_ui_from_graph_to_map(dagster_dev, artifacts
         page.goto(f"{base}/assets/parcel_geometry?view=partitions&partition={LAST_KEY}")
         expect(page.get_by_text(run_id[:8]).first).to_be_visible()
         expect(page.get_by_text("dagster/row_count").first).to_be_visible()
+        # the first rows it wrote, shown as a table: parcel numbers, no geometry
+        preview = page.get_by_role("row").filter(has_text="preview").first
+        expect(preview.get_by_role("columnheader", name="parcel_id", exact=True)).to_be_visible()
+        expect(preview.get_by_role("columnheader", name="geometry", exact=True)).to_have_count(0)
         page.screenshot(path=artifacts / "ui-4-partition.png")
         # the map of what the sync that first wrote the first window changed (the runs since
         # changed nothing): that event, opened by its time as a link to it would

@@ -23,7 +23,7 @@ from output_checks import snapshot, sqlite_table
 from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import create_demo_source
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
-from countysync_assets.resources.master_parcels_source import MasterParcelsSource
+from countysync_assets.resources.master_parcels_source import EARLIEST_CURSOR, MasterParcelsSource
 from countysync_assets.sensors.source_changes_sensor import newest_end
 
 pytestmark = pytest.mark.faults
@@ -260,6 +260,10 @@ def test_the_sensor_counts_exactly_the_unplaced_rows(corpus):
     unplaced = sum(outcome == "unplaced" for *_, outcome, _e in CORPUS)
     assert source.count_unplaced(newest_end()) == unplaced == sum(
         len(rows) for rows in source.iter_unplaced(newest_end()))
+    # the reconciliation's counts (rows with a key, and those a window holds), taken by
+    # subtracting these ranges, equal the census of every key
+    census = source.key_census(EARLIEST_CURSOR, newest_end())
+    assert source.key_counts(newest_end()) == (len(census), int(census["inside"].sum()))
 
 
 def test_counts_are_in_the_run_metadata(corpus, reliability):

@@ -19,6 +19,7 @@ from countysync_assets.assets.asset_metadata import PARCEL_COLUMNS
 from countysync_assets.assets.master_parcels import checked_batches
 from countysync_assets.demo_source import create_demo_source, parcels_table
 from countysync_assets.resources.master_parcels_source import (
+    EARLIEST_CURSOR,
     SRID_COLUMN,
     MasterParcelsSource,
     SourceError,
@@ -116,9 +117,10 @@ def test_key_census_lists_every_key_and_which_fall_in_the_range(database, demo_u
     assert 0 < census["inside"].sum() < len(census)
     inside = MasterParcelsSource(url=url, batch_size=333).key_census(start, end, only_inside=True)
     assert sorted(inside["id"]) == source_ids(url, start, end) and inside["inside"].all()
-    # the same census counted by the database (after every sync)
-    assert MasterParcelsSource(url=url).key_counts(start, end) == (
-        len(census), int(census["inside"].sum()))
+    # the census up to the end counted by the database (after every sync)
+    up_to_end = MasterParcelsSource(url=url).key_census(EARLIEST_CURSOR, end)
+    assert MasterParcelsSource(url=url).key_counts(end) == (
+        len(up_to_end), int(up_to_end["inside"].sum())) and up_to_end["inside"].sum() < len(census)
 
 
 def test_naive_timestamps_are_read_in_the_source_time_zone(demo_url):
@@ -255,6 +257,18 @@ def test_sql_server_unplaced_count_is_ranges_of_the_cursor_index():
     assert sql.count("SELECT count(*)") == 2 and " OR " not in sql and "2026" not in sql
     assert "WHERE [MasterParcels].updated_at < :updated_at_1) + (SELECT count(*)" in sql
     assert sql.endswith("WHERE [MasterParcels].updated_at >= :updated_at_2) AS anon_1")
+
+
+def test_sql_server_key_counts_are_ranges_of_the_cursor_index():
+    """The reconciliation's counts after every sync: the table's rows less the unplaced ones,
+    each counted on the cursor's index, not a flag computed for every row."""
+    source = sql_server()
+    source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
+    sql = str(source.key_counts_query(WINDOW[1]).compile(dialect=mssql.dialect()))
+    assert "CASE" not in sql and " OR " not in sql and "2026" not in sql
+    assert sql.count("SELECT count(*)") == 4  # the rows (twice) less the two unplaced ranges
+    assert "WHERE [MasterParcels].updated_at < :updated_at_1" in sql
+    assert "WHERE [MasterParcels].updated_at >= :updated_at_2" in sql
 
 
 def test_sql_server_keyset_predicate_is_bound():

@@ -127,7 +127,7 @@ def source_rows_published(context: AssetCheckExecutionContext, source: MasterPar
                           io_manager: ExportIOManager) -> AssetCheckResult:
     """Every source parcel up to the newest synced change is published or rejected."""
     until = _synced_until(io_manager)
-    in_source, due = source.key_counts(EARLIEST_CURSOR, until)
+    in_source, due = source.key_counts(until)
     published_count, rejected_count = (_count(io_manager, "working"),
                                        _count(io_manager, "parcel_rejects"))
     if published_count + rejected_count < due:  # a parcel missing for sure: name them all

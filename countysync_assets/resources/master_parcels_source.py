@@ -48,6 +48,11 @@ def plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _count_where(table: sa.Table, *where: sa.ColumnElement) -> sa.ScalarSelect:
+    """``SELECT count(*)`` of ``table``'s rows that match ``where``, as a scalar subquery."""
+    return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
+
+
 def short(value: object, limit: int = 60) -> str:
     """A value as a reject reason quotes it: repr, cut to ``limit`` characters."""
     text = repr(plain(value))
@@ -559,14 +564,23 @@ class MasterParcelsSource(ConfigurableResource):
             {"id": pd.Series([], dtype="int64"), "inside": pd.Series([], dtype="int64")})
         return census.astype({"inside": bool})
 
-    def key_counts(self, since: datetime, until: datetime) -> tuple[int, int]:
-        """How many rows have a key, and how many of them have ``since`` <= cursor < ``until``
+    def key_counts_query(self, until: datetime) -> sa.Select:
+        """How many rows have a key, and how many a window holds up to ``until``: every row
+        but the unplaced ones (``_unplaced``), each part counted on the cursor's index (a
+        flag computed for every row took 0.37 s at 2,000,000 rows; these counts 0.03 s)."""
+        table = self.table_ref()
+        key = table.c[self.key_column]
+        rows = _count_where(table)
+        keyed = rows - _count_where(table, key.is_(None)) if key.nullable else rows
+        unplaced = [_count_where(table, part) for part in self._unplaced(table, until)]
+        return sa.select(keyed, rows - sum(unplaced[1:], unplaced[0]))
+
+    def key_counts(self, until: datetime) -> tuple[int, int]:
+        """How many rows have a key, and how many of them have 1970 <= cursor < ``until``
         (UTC): the census counted by the database, one row back, for the reconciliation
         after every sync."""
-        census = self.key_census_query(since, until).subquery()
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(census.c.inside), 0))
         with self._reading(), self.get_engine().connect() as conn:
-            keys, inside_count = conn.execute(query.select_from(census)).one()
+            keys, inside_count = conn.execute(self.key_counts_query(until)).one()
         return int(keys), int(inside_count)
 
     def rows_with_keys(self, keys: list, columns: Collection[str] | None = None
@@ -623,8 +637,7 @@ class MasterParcelsSource(ConfigurableResource):
         counted on the cursor's index (the sensor counts on every tick: one OR over the
         table is a scan of it)."""
         table = self.table_ref()
-        counts = [sa.select(sa.func.count()).select_from(table).where(part).scalar_subquery()
-                  for part in self._unplaced(table, until)]
+        counts = [_count_where(table, part) for part in self._unplaced(table, until)]
         return sa.select(sum(counts[1:], counts[0]))
 
     def count_unplaced(self, until: datetime) -> int:

@@ -76,6 +76,14 @@ def production(tmp_path, pg_database_url, monkeypatch):
         stop_process_group(daemon)
 
 
+def _why(entry) -> str:
+    """A failed run's log entry as the reader of a failing test needs it: a step's failure
+    with its error and traceback, anything else by its message."""
+    if entry.is_dagster_event and entry.dagster_event.is_step_failure:
+        return entry.dagster_event.step_failure_data.error.to_string()
+    return entry.message
+
+
 def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):
     home, env, workdir = production
     for day in DAYS:
@@ -96,7 +104,7 @@ def test_two_syncs_are_queued_and_run_one_at_a_time_on_postgres(production):
     else:
         raise AssertionError("the daemon did not run the syncs in 5 minutes: "
                              + (workdir / "daemon.log").read_text()[-3000:])
-    failed = [e.message for r in runs if r.status != DagsterRunStatus.SUCCESS
+    failed = [_why(e) for r in runs if r.status != DagsterRunStatus.SUCCESS
               for e in instance.all_logs(r.run_id) if (e.is_dagster_event and e.dagster_event
               .is_step_failure) or (e.level >= 40 and e.message)]
     assert {r.status for r in runs} == {DagsterRunStatus.SUCCESS}, failed[:5]

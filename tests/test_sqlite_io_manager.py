@@ -1,6 +1,8 @@
 """SQLite IO manager on real SQLite files: the merged current state of an asset."""
 
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from datetime import UTC, datetime
 
@@ -209,3 +211,34 @@ def test_iter_columns_reads_every_row_whatever_the_window_and_first_values(manag
     assert read(None) == read(everything) == [(i, name) for i, name, _ in rows]
     narrow = TimeWindow(datetime(2026, 5, 2, tzinfo=UTC), datetime(2026, 5, 4, tzinfo=UTC))
     assert read(narrow) == [(2, None), (3, None)]
+
+
+def test_iter_columns_waits_for_a_writer_holding_the_file(manager):
+    """Two syncs at once: one reads back the rows while the other holds the file in an
+    exclusive lock (a database in rollback mode, as before WAL is set; CI once failed here
+    with "database is locked"). The read waits for the lock and returns every row. The lock
+    is held by another process, as a second sync is: within one process SQLite's locks do
+    not stop each other."""
+    rows = [(i, f"n{i}", f"2026-05-{i:02d} 01:00") for i in range(1, 6)]
+    manager.handle_output(output_context(), things(rows))
+    path = manager.db_path(output_context())
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_EXCLUSIVE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        chunks = list(manager.iter_columns("things", storage_metadata(COLUMNS, ["sqlite"]),
+                                           ["id"], None))
+    finally:
+        holder.wait(timeout=60)
+    assert [int(i) for chunk in chunks for i in chunk["id"]] == [i for i, _, _ in rows]
+
+
+HOLD_EXCLUSIVE = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=DELETE")
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(1)
+conn.execute("COMMIT")
+"""

@@ -72,6 +72,7 @@ def sqlite_type(series: pd.Series, declared: str | None = None) -> str:
 
 
 ROWS_PER_CHUNK = 50_000
+READ_WAIT_MS = 30_000  # another sync holding the file a moment: wait for it, do not fail
 EMPTY_DTYPES = {"INTEGER": "int64", "REAL": "float64", "TEXT": "object"}
 
 
@@ -142,11 +143,14 @@ def read_chunks(path: Path, table: str, columns: list[str], where: str | None = 
     column's declared type, dropped here: a text column NULL in every row of the first batch
     would otherwise be read as numbers and fail at its first text. A filter that keeps a
     large share of the table is applied while scanning it (``NOT INDEXED``): following an
-    index to each row in turn took 2.2 s for a million rows where the scan takes 0.2 s."""
+    index to each row in turn took 2.2 s for a million rows where the scan takes 0.2 s.
+    The driver does not wait on a lock by default: a sync writing the same file at once
+    (a database not yet in WAL mode, a checkpoint) would fail the read, so it waits."""
     if not path.is_file():
         return
     with closing(adbc_sqlite.connect(f"file:{path}?mode=ro")) as conn, \
             closing(conn.cursor()) as cursor:
+        cursor.execute(f"PRAGMA busy_timeout = {READ_WAIT_MS}")
         cursor.execute(f"PRAGMA table_info({quote(table)})")
         declared = {name: kind for _, name, kind, *_ in cursor.fetchall()}
         if not declared:

@@ -6,7 +6,7 @@ part that needs a live server) and by a real pyodbc + FreeTDS connection attempt
 where nothing listens.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -82,6 +82,35 @@ def test_a_sync_reads_only_the_columns_its_outputs_hold(demo_url):
     assert len(good) + sum(len(rejects) for _, rejects in checked) == len(
         source_ids(demo_url, *WINDOW)) > 0
     assert "legal_description" in extract(source)
+
+
+def as_sqlalchemy_reads(url: str, ids: list[int], columns: list[str]) -> list[list]:
+    engine = sa.create_engine(url)
+    table = sa.Table("MasterParcels", sa.MetaData(), autoload_with=engine)
+    with engine.connect() as conn:
+        rows = {row.id: row._mapping for row in conn.execute(sa.select(table))}
+    engine.dispose()
+    return [[rows[i][c] for c in columns] for i in ids]
+
+
+def test_pages_hold_the_values_sqlalchemy_reads_with_or_without_types_to_convert(demo_url):
+    """Pages take the driver's rows as they are where SQLAlchemy converts nothing (the
+    faster way) and SQLAlchemy's where a column's type converts values (SQLite's DATE, read
+    as a date): either way the values are those SQLAlchemy reads."""
+    columns = ["parcel_id", "owner", "acres", "assessed_value", "geometry"]
+
+    def check(columns: list[str]) -> pd.DataFrame:
+        frame = extract(MasterParcelsSource(url=demo_url, batch_size=500))
+        assert frame[columns].astype(object).where(frame[columns].notna(), None) \
+            .values.tolist() == as_sqlalchemy_reads(demo_url, frame["id"].tolist(), columns)
+        return frame
+
+    check(columns)
+    execute(demo_url, 'ALTER TABLE "MasterParcels" ADD COLUMN deed_date DATE')
+    execute(demo_url, "UPDATE \"MasterParcels\" SET deed_date = '2026-05-01' WHERE id % 2 = 0")
+    frame = check([*columns, "deed_date"])
+    assert set(frame["deed_date"].dropna()) == {date(2026, 5, 1)}
+    assert frame["deed_date"].isna().any()
 
 
 def test_rows_sharing_a_timestamp_across_a_batch_boundary_are_not_lost(demo_url):

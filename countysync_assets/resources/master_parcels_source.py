@@ -9,7 +9,7 @@ batches. Values are always bound parameters; the password is never shown.
 
 import re
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -51,6 +51,26 @@ def plain(value: object) -> object:
 def _count_where(table: sa.Table, *where: sa.ColumnElement) -> sa.ScalarSelect:
     """``SELECT count(*)`` of ``table``'s rows that match ``where``, as a scalar subquery."""
     return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
+
+
+def _converts_values(result: sa.CursorResult, query: sa.Select, dialect: sa.Dialect) -> bool:
+    """Whether SQLAlchemy changes any value of ``query``'s columns as it reads them: a type
+    with a result processor for this dialect and the type the driver describes (SQLite's
+    dates, a Numeric read as float)."""
+    return any(column.type.dialect_impl(dialect).result_processor(dialect, described[1])
+               is not None for column, described in
+               zip(query.selected_columns, result.cursor.description, strict=True))
+
+
+def _driver_rows(result: sa.CursorResult, dialect: sa.Dialect) -> list[tuple]:
+    """The rest of ``result``'s rows as the driver returns them, its errors raised as
+    SQLAlchemy raises them (so ``_reading`` explains them alike)."""
+    with closing(result):
+        try:
+            return result.cursor.fetchall()
+        except dialect.loaded_dbapi.Error as err:
+            raise sa.exc.DBAPIError.instance(
+                None, None, err, dialect.loaded_dbapi.Error) from err
 
 
 def short(value: object, limit: int = 60) -> str:
@@ -416,12 +436,19 @@ class MasterParcelsSource(ConfigurableResource):
                     return
 
     def _page(self, conn: sa.Connection, query: sa.Select) -> pd.DataFrame:
-        """One page of rows. SQLite's text is decoded by sqlite3 itself (a Python decoder
-        called for each value took a third of the read); a page holding text that is not
-        UTF-8 fails that decoding and is read again with ``_text_or_bytes``."""
+        """One page of rows. Where SQLAlchemy has no value of the page's columns to convert
+        (the demo's, and SQL Server's and PostgreSQL's usual types) the driver's rows are
+        taken as they are: SQLAlchemy's row objects were a third of a SQLite read (0.26 s
+        against 0.17 s a 25,000-row page). SQLite's text is decoded by sqlite3 itself (a
+        Python decoder called for each value took a third of the read); a page holding text
+        that is not UTF-8 fails that decoding and is read again with ``_text_or_bytes``."""
         def fetch() -> pd.DataFrame:
             result = conn.execute(query)
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            if _converts_values(result, query, conn.dialect):
+                rows = result.fetchall()
+            else:
+                rows = _driver_rows(result, conn.dialect)
+            return pd.DataFrame(rows, columns=list(result.keys()))
 
         if self.dialect_name != "sqlite":
             return fetch()

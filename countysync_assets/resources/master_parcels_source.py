@@ -592,23 +592,22 @@ class MasterParcelsSource(ConfigurableResource):
         return census.astype({"inside": bool})
 
     def key_counts_query(self, until: datetime) -> sa.Select:
-        """How many rows have a key, and how many a window holds up to ``until``: every row
-        but the unplaced ones (``_unplaced``), each part counted on the cursor's index (a
-        flag computed for every row took 0.37 s at 2,000,000 rows; these counts 0.03 s)."""
+        """The table's rows, its rows without a key and its unplaced rows (``_unplaced``),
+        each counted on an index (a flag computed for every row took 0.37 s at 2,000,000
+        rows; these counts 0.03 s), the table's rows once."""
         table = self.table_ref()
         key = table.c[self.key_column]
-        rows = _count_where(table)
-        keyed = rows - _count_where(table, key.is_(None)) if key.nullable else rows
         unplaced = [_count_where(table, part) for part in self._unplaced(table, until)]
-        return sa.select(keyed, rows - sum(unplaced[1:], unplaced[0]))
+        keyless = _count_where(table, key.is_(None)) if key.nullable else sa.literal(0)
+        return sa.select(_count_where(table), keyless, sum(unplaced[1:], unplaced[0]))
 
     def key_counts(self, until: datetime) -> tuple[int, int]:
         """How many rows have a key, and how many of them have 1970 <= cursor < ``until``
         (UTC): the census counted by the database, one row back, for the reconciliation
         after every sync."""
         with self._reading(), self.get_engine().connect() as conn:
-            keys, inside_count = conn.execute(self.key_counts_query(until)).one()
-        return int(keys), int(inside_count)
+            rows, keyless, unplaced = conn.execute(self.key_counts_query(until)).one()
+        return int(rows) - int(keyless), int(rows) - int(unplaced)
 
     def rows_with_keys(self, keys: list, columns: Collection[str] | None = None
                        ) -> pd.DataFrame:

@@ -83,6 +83,30 @@ def test_upsert_moves_geometry_and_keeps_index_in_step(tmp_path):
     assert info["total_bounds"][2] == 1_959_100  # the layer extent grew with the moved parcel
 
 
+def test_attribute_edits_and_moved_outlines_in_one_merge(tmp_path):
+    """Most edits of a parcel are of its attributes: their outline is not written again (the
+    R-tree triggers would rewrite its entry), while a moved outline in the same batch is,
+    with its index entry; a rerun of the batch changes nothing."""
+    manager = GeoPackageIOManager(export_dir=str(tmp_path))
+    write(manager, "2026-05-28", [(1, "a", "2026-05-28 01:00", 0),
+                                  (2, "b", "2026-05-28 02:00", 500),
+                                  (3, "c", "2026-05-28 03:00", 1000)])
+    with closing(sqlite3.connect(tmp_path / "geo_db.gpkg")) as conn:
+        outline_before = conn.execute("SELECT geom FROM parcels WHERE id = 1").fetchone()[0]
+    batch = [(1, "a2", "2026-05-29 01:00", 0), (2, "b2", "2026-05-29 02:00", 7000)]
+    metadata = write(manager, "2026-05-29", batch)
+    assert (metadata["gpkg_rows_inserted"], metadata["gpkg_rows_updated"]) == (0, 2)
+    features = layer(tmp_path)
+    assert features["name"].tolist() == ["a2", "b2", "c"]
+    assert features["updated_at"].dt.day.tolist() == [29, 29, 28]
+    assert features.loc[features["id"] == 2].total_bounds[0] == 1_957_000
+    with closing(sqlite3.connect(tmp_path / "geo_db.gpkg")) as conn:
+        assert conn.execute("SELECT geom FROM parcels WHERE id = 1").fetchone()[0] == \
+            outline_before
+    assert_spatial_index_matches(tmp_path)
+    assert write(manager, "2026-05-29", batch)["gpkg_rows_updated"] == 0
+
+
 def test_rerun_and_older_versions_change_nothing(tmp_path):
     manager = GeoPackageIOManager(export_dir=str(tmp_path))
     write(manager, "2026-05-29", [(1, "new", "2026-05-29 01:00:00.002", 0)])

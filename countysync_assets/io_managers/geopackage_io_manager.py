@@ -236,14 +236,22 @@ def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
         table, staged_rows = quote(layer), f"staged.{quote(layer)} AS s"
         # An UPDATE, then an INSERT of the new keys, not one upsert: GDAL's R-tree triggers
         # use INSERT OR REPLACE, which an upsert's own conflict policy would override.
+        # An outline stored as it was is not written again: GDAL's R-tree triggers fire on
+        # every write of the geometry column (0.42 s of 8,000 updates of a 1,000,000-feature
+        # layer, against 0.22 s for the rest), and most edits of a parcel are of attributes.
         updated, new_key = 0, ""
         if keys:
             same_key = " AND ".join(f"{table}.{quote(k)} = s.{quote(k)}" for k in keys)
             values = [c for c in columns if c not in keys]
-            assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in values)
             rule = newer_rule(table, "s", values, cursor, GPKG_TIME)
-            updated = conn.execute(f"UPDATE main.{table} SET {assignments} FROM {staged_rows} "
-                                   f"WHERE {same_key} AND ({rule})").rowcount
+            outline = quote(GEOMETRY_COLUMN)
+            for same_outline in (True, False):
+                written_columns = [c for c in values if not same_outline or c != GEOMETRY_COLUMN]
+                assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in written_columns)
+                outlines = f"{table}.{outline} IS {'' if same_outline else 'NOT '}s.{outline}"
+                updated += conn.execute(
+                    f"UPDATE main.{table} SET {assignments} FROM {staged_rows} "
+                    f"WHERE {same_key} AND {outlines} AND ({rule})").rowcount
             matches = " AND ".join(f"m.{quote(k)} = s.{quote(k)}" for k in keys)
             new_key = f"WHERE NOT EXISTS (SELECT 1 FROM main.{table} AS m WHERE {matches})"
         selected = ", ".join(f"s.{quote(c)}" for c in columns)

@@ -62,15 +62,14 @@ def _converts_values(result: sa.CursorResult, query: sa.Select, dialect: sa.Dial
                zip(query.selected_columns, result.cursor.description, strict=True))
 
 
-def _driver_rows(result: sa.CursorResult, dialect: sa.Dialect) -> list[tuple]:
-    """The rest of ``result``'s rows as the driver returns them, its errors raised as
-    SQLAlchemy raises them (so ``_reading`` explains them alike)."""
-    with closing(result):
-        try:
-            return result.cursor.fetchall()
-        except dialect.loaded_dbapi.Error as err:
-            raise sa.exc.DBAPIError.instance(
-                None, None, err, dialect.loaded_dbapi.Error) from err
+@contextmanager
+def _driver_errors(dialect: sa.Dialect) -> Iterator[None]:
+    """Errors of the driver's own cursor (rows read without SQLAlchemy's row objects) raised
+    as SQLAlchemy raises them, so ``_reading`` explains them alike."""
+    try:
+        yield
+    except dialect.loaded_dbapi.Error as err:
+        raise sa.exc.DBAPIError.instance(None, None, err, dialect.loaded_dbapi.Error) from err
 
 
 def short(value: object, limit: int = 60) -> str:
@@ -447,7 +446,8 @@ class MasterParcelsSource(ConfigurableResource):
             if _converts_values(result, query, conn.dialect):
                 rows = result.fetchall()
             else:
-                rows = _driver_rows(result, conn.dialect)
+                with closing(result), _driver_errors(conn.dialect):
+                    rows = result.cursor.fetchall()
             return pd.DataFrame(rows, columns=list(result.keys()))
 
         if self.dialect_name != "sqlite":
@@ -585,8 +585,9 @@ class MasterParcelsSource(ConfigurableResource):
         with self._reading(), self.get_engine().connect() as conn:
             # the driver's cursor: rows as tuples, no SQLAlchemy row objects (3x faster)
             raw = conn.execute(self.key_census_query(since, until, only_inside)).cursor
-            while rows := raw.fetchmany(self.batch_size):
-                frames.append(pd.DataFrame(rows, columns=["id", "inside"]))
+            with _driver_errors(conn.dialect):
+                while rows := raw.fetchmany(self.batch_size):
+                    frames.append(pd.DataFrame(rows, columns=["id", "inside"]))
         census = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
             {"id": pd.Series([], dtype="int64"), "inside": pd.Series([], dtype="int64")})
         return census.astype({"inside": bool})

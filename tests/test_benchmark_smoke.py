@@ -14,7 +14,7 @@ def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys, postgres
     out = tmp_path / "results"
     tools = ("countysync", "countysync-pg-instance", "seeds-pandas", "dlt")
     assert main(["--sizes", "400", "--repeat", "1", "--days", "8", "--out", str(out),
-                 "--workdir", str(tmp_path), "--appraisal-rows", "500", "--tools", *tools]) == 0
+                 "--workdir", str(tmp_path), "--appraisal-rows", "0", "--tools", *tools]) == 0
     result = json.loads((out / "latest-400.json").read_text())
     assert json.loads((out / "latest.json").read_text()) == result
     assert result["source_rows"] == 400
@@ -28,10 +28,17 @@ def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys, postgres
         for peer in ("seeds-pandas", "dlt"):  # a ratio wherever the peer has the step
             if tool.startswith("countysync") and step in TOOL_STEPS[peer]:
                 assert case[f"x_vs_{peer}"] > 0
-    printed = capsys.readouterr().out
-    assert "| countysync | incremental |" in printed
+    assert "| countysync | incremental |" in capsys.readouterr().out
+    assert not (out / "appraisal-latest.json").exists()  # not asked for
 
-    # the appraisal step: every tool into every database (each run's rows were counted)
+
+def test_appraisal_benchmark_imports_with_every_tool_into_every_database(
+        tmp_path, capsys, postgres_admin_url):
+    """The appraisal step on its own (no sync sizes), so the two halves of the benchmark
+    run side by side on the suite's workers."""
+    out = tmp_path / "results"
+    assert main(["--sizes", "--repeat", "1", "--out", str(out), "--workdir", str(tmp_path),
+                 "--appraisal-rows", "500"]) == 0
     imported = json.loads((out / "appraisal-latest.json").read_text())
     assert imported["rows"] == 500 and {"cpu", "versions"} <= set(imported["machine"])
     assert not imported["skipped"]  # PostgreSQL runs here (conftest starts it)
@@ -39,7 +46,8 @@ def test_benchmark_runs_every_case_and_writes_results(tmp_path, capsys, postgres
         (tool, target) for tool in appraisal.TOOLS for target in appraisal.TARGETS}
     ours = [c for c in imported["cases"] if c["tool"] == "appraisal-countysync"]
     assert all(c["x_vs_appraisal-per-row"] > 0 and c["peak_rss_mb"] > 0 for c in ours)
-    assert "| appraisal-countysync | postgresql |" in printed
+    assert "| appraisal-countysync | postgresql |" in capsys.readouterr().out
+    assert not list(out.glob("latest-*.json"))  # no sync size was asked for
 
 
 def test_report_shows_how_each_case_grows_with_the_table(tmp_path):

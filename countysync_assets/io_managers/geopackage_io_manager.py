@@ -244,14 +244,15 @@ def _stage_merge(path: Path, temp: Path, layer: str, frame_columns: list[str],
             same_key = " AND ".join(f"{table}.{quote(k)} = s.{quote(k)}" for k in keys)
             values = [c for c in columns if c not in keys]
             rule = newer_rule(table, "s", values, cursor, GPKG_TIME)
-            outline = quote(GEOMETRY_COLUMN)
-            for same_outline in (True, False):
-                written_columns = [c for c in values if not same_outline or c != GEOMETRY_COLUMN]
-                assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in written_columns)
-                outlines = f"{table}.{outline} IS {'' if same_outline else 'NOT '}s.{outline}"
-                updated += conn.execute(
-                    f"UPDATE main.{table} SET {assignments} FROM {staged_rows} "
-                    f"WHERE {same_key} AND {outlines} AND ({rule})").rowcount
+
+            def update(written: list[str], outlines: str) -> int:
+                assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in written)
+                return conn.execute(f"UPDATE main.{table} SET {assignments} FROM {staged_rows} "
+                                    f"WHERE {same_key} AND {outlines} AND ({rule})").rowcount
+
+            kept = f"{table}.{quote(GEOMETRY_COLUMN)} IS s.{quote(GEOMETRY_COLUMN)}"
+            updated = update([c for c in values if c != GEOMETRY_COLUMN], kept) \
+                + update(values, f"NOT ({kept})")
             matches = " AND ".join(f"m.{quote(k)} = s.{quote(k)}" for k in keys)
             new_key = f"WHERE NOT EXISTS (SELECT 1 FROM main.{table} AS m WHERE {matches})"
         selected = ", ".join(f"s.{quote(c)}" for c in columns)

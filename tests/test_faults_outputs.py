@@ -171,6 +171,46 @@ def test_a_reader_holding_the_geopackage_open_does_not_hold_up_the_sync(county, 
     assert_outputs_match_source(url, exports, KEYS, file_keys=[])
 
 
+def keep_open(paths: list[str], ready, release) -> None:
+    """Another program with the databases open between reads (a desktop GIS showing the
+    layers): its connections keep SQLite from copying the log in as the last one closes."""
+    conns = [sqlite3.connect(path, isolation_level=None) for path in paths]
+    for conn in conns:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    ready.set()
+    release.wait(120)
+    for conn in conns:
+        conn.close()
+
+
+def test_each_database_file_holds_what_the_sync_published_while_a_gis_has_it_open(
+        county, instance, tmp_path):
+    """A backup that copies only the .sqlite and .gpkg files (not their -wal logs) has every
+    row a sync published: the sync copies each file's log into it after publishing, which
+    SQLite would leave to the last connection's close, never while a GIS has the file open."""
+    url, exports, _ = county
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    viewer = context.Process(target=keep_open, args=(
+        [str(exports / name) for name in DATABASES], ready, release))
+    viewer.start()
+    try:
+        assert ready.wait(60)
+        result = sync(url, exports, instance)
+        copied = tmp_path / "backup"
+        copied.mkdir()
+        for name in DATABASES:  # the database files alone, while the GIS still has them open
+            (copied / name).write_bytes((exports / name).read_bytes())
+    finally:
+        release.set()
+        viewer.join(60)
+    assert result.success, failure(result)
+    assert_outputs_match_source(url, exports, KEYS, file_keys=[])
+    live = snapshot(exports)
+    assert snapshot(copied) == {key: rows for key, rows in live.items()
+                                if key.split(":")[0] in DATABASES or key.startswith("gpkg")}
+
+
 def mount(*args: str) -> None:
     done = subprocess.run(["mount", *args], capture_output=True, text=True)
     if done.returncode:

@@ -243,6 +243,7 @@ class OutputSet:
                 for later in self.staged[position + 1:]:
                     later.rollback()
                 raise
+        self.files.checkpoint()
 
     def publish(self) -> dict[str, dict]:
         """Stage, then publish every output; returns each output's metadata."""

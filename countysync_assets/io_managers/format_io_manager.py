@@ -146,13 +146,14 @@ class FormatIOManager(ConfigurableIOManager):
             raise
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
-        staged = self.stage(OutputTarget.of(context), obj,
-                            OutputTransactions(self.lock_wait_seconds))
+        files = OutputTransactions(self.lock_wait_seconds)
+        staged = self.stage(OutputTarget.of(context), obj, files)
         try:
             staged.commit()
         except BaseException:
             staged.rollback()
             raise
+        files.checkpoint()
         context.add_output_metadata(staged.metadata)
 
     def load_input(self, context: InputContext) -> Any:

@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import psutil
@@ -53,14 +55,34 @@ def county(demo_url, tmp_path, instance):
     return demo_url, exports, snapshot(exports)
 
 
-def hold_write_lock(path: str, ready, release) -> None:
-    """Another program (a desktop GIS in an edit session) holding the file's write lock."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
+def hold(paths: list[str], statements: tuple[str, ...], ready, release) -> None:
+    """Another program's connections to ``paths``, each having run ``statements``, held
+    until ``release`` (closing rolls back a transaction they began)."""
+    conns = [sqlite3.connect(path, isolation_level=None) for path in paths]
+    for conn in conns:
+        for statement in statements:
+            conn.execute(statement).fetchall()
     ready.set()
     release.wait(120)
-    conn.execute("ROLLBACK")
-    conn.close()
+    for conn in conns:
+        conn.close()
+
+
+@contextmanager
+def another_program(paths: list, *statements: str) -> Iterator[multiprocessing.Process]:
+    """Another program (a desktop GIS, a reader) with the files ``paths`` open, having run
+    ``statements`` on each, for as long as the block runs."""
+    context = multiprocessing.get_context("spawn")
+    ready, release = context.Event(), context.Event()
+    process = context.Process(target=hold, args=([str(p) for p in paths], statements, ready,
+                                                 release))
+    process.start()
+    try:
+        assert ready.wait(60)
+        yield process
+    finally:
+        release.set()
+        process.join(60)
 
 
 @pytest.mark.parametrize(("database", "two_cores"),
@@ -68,17 +90,9 @@ def hold_write_lock(path: str, ready, release) -> None:
 def test_a_locked_output_fails_clearly_and_changes_nothing(database, two_cores, county,
                                                            instance, reliability):
     url, exports, before = county
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=hold_write_lock, args=(str(exports / database), ready,
-                                                           release))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    # a desktop GIS in an edit session holds the file's write lock
+    with another_program([exports / database], "BEGIN IMMEDIATE") as holder:
         result = sync(url, exports, instance, lock_wait=2, two_cores=two_cores)
-    finally:
-        release.set()
-        holder.join(60)
     assert not result.success
     message = failure(result)
     assert f"{database} is locked by " in message and message.strip().count("\n") == 0
@@ -140,47 +154,15 @@ def test_a_lock_released_during_the_wait_costs_only_the_wait_and_a_log_line(coun
     assert_outputs_match_source(url, exports, KEYS, file_keys=[])
 
 
-def hold_a_read_transaction(path: str, ready, release) -> None:
-    """Another program reading the GeoPackage, in the middle of a transaction."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN")
-    conn.execute("SELECT count(*) FROM parcels").fetchone()
-    ready.set()
-    release.wait(120)
-    conn.execute("ROLLBACK")
-    conn.close()
-
-
 def test_a_reader_holding_the_geopackage_open_does_not_hold_up_the_sync(county, instance):
     """A reader mid-transaction on geo_db.gpkg used to hang a sync for 15 minutes."""
     url, exports, _ = county
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    reader = context.Process(target=hold_a_read_transaction,
-                             args=(str(exports / "geo_db.gpkg"), ready, release))
-    reader.start()
-    try:
-        assert ready.wait(60)
+    with another_program([exports / "geo_db.gpkg"], "BEGIN", "SELECT count(*) FROM parcels"):
         started = time.monotonic()
         result = sync(url, exports, instance, lock_wait=30)
-    finally:
-        release.set()
-        reader.join(60)
     assert result.success, failure(result)
     assert time.monotonic() - started < 30
     assert_outputs_match_source(url, exports, KEYS, file_keys=[])
-
-
-def keep_open(paths: list[str], ready, release) -> None:
-    """Another program with the databases open between reads (a desktop GIS showing the
-    layers): its connections keep SQLite from copying the log in as the last one closes."""
-    conns = [sqlite3.connect(path, isolation_level=None) for path in paths]
-    for conn in conns:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    ready.set()
-    release.wait(120)
-    for conn in conns:
-        conn.close()
 
 
 def test_each_database_file_holds_what_the_sync_published_while_a_gis_has_it_open(
@@ -189,21 +171,15 @@ def test_each_database_file_holds_what_the_sync_published_while_a_gis_has_it_ope
     row a sync published: the sync copies each file's log into it after publishing, which
     SQLite would leave to the last connection's close, never while a GIS has the file open."""
     url, exports, _ = county
-    context = multiprocessing.get_context("spawn")
-    ready, release = context.Event(), context.Event()
-    viewer = context.Process(target=keep_open, args=(
-        [str(exports / name) for name in DATABASES], ready, release))
-    viewer.start()
-    try:
-        assert ready.wait(60)
+    # a desktop GIS showing the layers: open between reads, which keeps SQLite from copying
+    # the log in as the last connection closes
+    with another_program([exports / name for name in DATABASES],
+                         "SELECT count(*) FROM sqlite_master"):
         result = sync(url, exports, instance)
         copied = tmp_path / "backup"
         copied.mkdir()
         for name in DATABASES:  # the database files alone, while the GIS still has them open
             (copied / name).write_bytes((exports / name).read_bytes())
-    finally:
-        release.set()
-        viewer.join(60)
     assert result.success, failure(result)
     assert_outputs_match_source(url, exports, KEYS, file_keys=[])
     live = snapshot(exports)

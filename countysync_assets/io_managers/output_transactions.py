@@ -165,11 +165,7 @@ class OutputTransactions:
             finally:
                 abandon(conn)
 
-        if len(conns) < 2:  # no thread for one file
-            for path, conn in conns:
-                settle(path, conn)
-            return
-        with ThreadPoolExecutor(len(conns)) as pool:
+        with ThreadPoolExecutor(max(len(conns), 1)) as pool:
             list(pool.map(lambda item: settle(*item), conns))
 
     def rollback(self) -> None:

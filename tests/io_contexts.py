@@ -1,11 +1,14 @@
 """Real Dagster IO manager contexts for a partitioned, keyed asset (as the assets declare)."""
 
-from dagster import PartitionKeyRange, build_input_context, build_output_context
+from dagster import PartitionKeyRange, build_input_context, build_output_context, build_resources
 
 from countysync_assets.assets.asset_metadata import storage_metadata
 from countysync_assets.partitions import PARTITIONS
 
 COLUMNS = {"id": "integer: key", "name": "string: a value", "updated_at": "timestamp: cursor"}
+# No resources, built once: given none, every context builds them again, with a Dagster
+# instance of its own (~25 ms; most of a property test's time, which makes hundreds)
+NO_RESOURCES = build_resources({}).__enter__()  # held for the whole session
 
 
 def output_context(asset: str = "things", first: str = "2026-05-28", last: str | None = None,
@@ -16,6 +19,7 @@ def output_context(asset: str = "things", first: str = "2026-05-28", last: str |
         asset_partitions_def=PARTITIONS,
         asset_partition_key_range=PartitionKeyRange(first, last or first),
         definition_metadata=metadata or storage_metadata(COLUMNS, ["sqlite"]),
+        resources=NO_RESOURCES,
     )
 
 

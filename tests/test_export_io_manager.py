@@ -15,7 +15,8 @@ from countysync_assets.io_managers.export_io_manager import (
     check_formats,
     parse_formats,
 )
-from countysync_assets.io_managers.format_io_manager import FORMATS
+from countysync_assets.io_managers.format_io_manager import FORMATS, OutputTarget
+from countysync_assets.partitions import PARTITIONS
 
 GEO_BOTH = {**GEO_METADATA, FORMATS: ["gpkg", "geojson"]}
 TABLE_METADATA = storage_metadata({"id": "integer: key", "name": "string: value",
@@ -77,6 +78,37 @@ def test_a_failing_geojson_writer_leaves_the_geopackage_as_it_was(tmp_path):
                               parcels([(1, "b", "2026-05-28 02:00", 100)]))
     assert (tmp_path / "geo_db.gpkg").read_bytes() == gpkg_before
     assert not [p for p in tmp_path.rglob(".*")]
+
+
+def test_outputs_finishing_side_by_side_publish_all_or_nothing(tmp_path):
+    """Each database file's writers finish on a thread of their own: when the GeoPackage's
+    merge fails there (its layer lost a column), the table merged beside it is not
+    published either, no staging file stays, and no lock outlives the failure."""
+    manager = ExportIOManager(export_dir=str(tmp_path))
+
+    def publish(name: str, x: float) -> dict:
+        outputs = manager.open_outputs(
+            [OutputTarget(asset, metadata, "run", ["2026-05-28"], PARTITIONS)
+             for asset, metadata in (("things", TABLE_METADATA), ("outlines", GEO_BOTH))])
+        outputs.write("things", table(name))
+        outputs.write("outlines", parcels([(1, name, "2026-05-28 01:00", x)]))
+        return outputs.publish()
+
+    publish("a", 0)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with closing(sqlite3.connect(tmp_path / "geo_db.gpkg")) as conn:
+        conn.execute('ALTER TABLE parcels DROP COLUMN "name"')
+    gpkg_before = (tmp_path / "geo_db.gpkg").read_bytes()
+    with pytest.raises(ValueError, match="lacks column"):
+        publish("b", 100)
+    assert sqlite_names(tmp_path) == ["a"]
+    assert (tmp_path / "geo_db.gpkg").read_bytes() == gpkg_before
+    assert all(path.read_bytes() == content for path, content in before.items()
+               if path.suffix in (".csv", ".json", ".geojson"))
+    assert not [p for p in tmp_path.rglob(".*")], "staging files must be cleaned up"
+    (tmp_path / "geo_db.gpkg").unlink()  # the county rebuilds the file, as the error says
+    assert publish("c", 200)["things"]["sqlite_rows_updated"] == 1
+    assert sqlite_names(tmp_path) == ["c"]
 
 
 def test_formats_configuration_errors_name_the_problem():

@@ -12,6 +12,7 @@ the asset's first format that can load (SQLite or GeoPackage).
 import json
 import sqlite3
 from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -215,17 +216,37 @@ class OutputSet:
         return self.removers[asset, fmt]
 
     def stage(self) -> dict[str, dict]:
-        """Stage what is left (indexes, merges, file ends); returns each output's metadata."""
+        """Stage what is left (indexes, merges, file ends); returns each output's metadata.
+
+        Each database file's writers finish on a thread of their own, beside the other
+        files' and the per-window files: SQLite lets go of Python's lock while it merges and
+        builds indexes, so the tables' merges overlap (a 1% sync of 1,000,000 parcels spent
+        ~0.5 s merging its tables and GeoPackage one after the other)."""
+        writers = [(name, writer) for name, pairs in self.writers.items()
+                   for _, writer in pairs]
+        by_file: dict[object, list[int]] = {}  # writers sharing a transaction: in turn
+        for position, (_, writer) in enumerate(writers):
+            by_file.setdefault(writer.database or position, []).append(position)
+        finished: dict[int, StagedWrite] = {}
+
+        def finish(positions: list[int]) -> None:
+            for position in positions:
+                finished[position] = writers[position][1].finish()
+
         metadata: dict[str, dict] = {}
         try:
-            for name, writers in self.writers.items():  # the layers before the removals
+            with ThreadPoolExecutor(max(len(by_file), 1)) as pool:
+                waiting = [pool.submit(finish, positions) for positions in by_file.values()]
+            for future in waiting:
+                future.result()  # a failure: every writer is discarded below
+            self.staged.extend(finished[position] for position in sorted(finished))
+            for name in self.writers:
                 metadata[name] = {"formats": ", ".join(self.formats(name))}
                 if name in self.previews:
                     metadata[name]["preview"] = preview(self.previews[name])
-                for _, writer in writers:
-                    self.staged.append(writer.finish())
-                    metadata[name].update(self.staged[-1].metadata)
-            for (asset, _), remover in self.removers.items():
+            for position, (name, _) in enumerate(writers):
+                metadata[name].update(finished[position].metadata)
+            for (asset, _), remover in self.removers.items():  # after the layers
                 self.staged.append(remover.finish())
                 if asset in metadata:
                     metadata[asset].update(self.staged[-1].metadata)

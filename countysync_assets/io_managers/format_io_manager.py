@@ -104,7 +104,11 @@ def removals(frame: pd.DataFrame, as_of: str) -> pd.DataFrame:
 
 class BatchWriter:
     """Takes one output's rows batch by batch and stages them; ``finish`` returns what
-    publishes them. ``discard`` removes what was staged (after a failure)."""
+    publishes them. ``discard`` removes what was staged (after a failure). ``database`` is
+    the database file whose one transaction it writes in (None: files of its own), so
+    writers of different files may finish side by side."""
+
+    database: Path | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
         raise NotImplementedError

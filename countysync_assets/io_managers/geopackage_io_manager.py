@@ -288,6 +288,7 @@ class GeoPackageWriter(BatchWriter):
     def __init__(self, path: Path, layer: str, target: OutputTarget,
                  files: OutputTransactions):
         self.path, self.layer, self.files = path, layer, files
+        self.database = path.resolve()
         self.keys = list(target.metadata.get(KEY_COLUMNS) or [])
         self.cursor = target.metadata.get(CURSOR_COLUMN)
         schema = target.metadata.get("dagster/column_schema")

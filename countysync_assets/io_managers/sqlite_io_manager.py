@@ -271,6 +271,7 @@ class SQLiteWriter(BatchWriter):
 
     def __init__(self, path: Path, target: OutputTarget, files: OutputTransactions):
         self.path, self.target, self.table = path, target, target.name
+        self.database = path.resolve()
         self.keys = list(target.metadata.get(KEY_COLUMNS) or [])
         self.cursor = target.metadata.get(CURSOR_COLUMN)
         schema = target.metadata.get("dagster/column_schema")

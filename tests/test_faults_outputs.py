@@ -4,12 +4,13 @@ disk is full. Each costs a bounded, logged wait and then one clear line naming t
 what to do; the previous outputs stay exactly as they were, and the next run is whole."""
 
 import multiprocessing
+import shutil
 import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import timedelta
 
 import psutil
@@ -21,6 +22,7 @@ from output_checks import assert_outputs_match_source, partition_keys, snapshot
 from countysync_assets.definitions import all_assets
 from countysync_assets.demo_source import churn
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
+from countysync_assets.io_managers.output_transactions import OutputTransactions
 from countysync_assets.partitions import range_tags
 from countysync_assets.resources.master_parcels_source import MasterParcelsSource
 
@@ -233,3 +235,35 @@ def test_a_full_disk_fails_clearly_and_keeps_the_previous_outputs(demo_url, tmp_
         subprocess.run(["umount", "-l", str(exports)], check=True)
     reliability(suite="export folder", case="full disk (tmpfs)", trials=1,
                 outcome="clear error, outputs unchanged, next run whole")
+
+
+def test_a_checkpoint_the_full_disk_stops_warns_and_the_rows_stay_published(tmp_path, caplog):
+    """Space for a commit's log but not for copying it into the database (a disk filling up
+    in between): the write is published (readers see it in the log), a warning names the
+    file, and once there is room the next publish copies the log in."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mount("-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder))
+    path = folder / "working_db.sqlite"
+    try:
+        def publish(rows: list[tuple[int, bytes]]) -> None:
+            files = OutputTransactions()
+            conn, staged = files.begin(path, "things")
+            conn.execute("CREATE TABLE IF NOT EXISTS things (id INTEGER PRIMARY KEY, b BLOB)")
+            conn.executemany("INSERT OR REPLACE INTO things VALUES (?, ?)", rows)
+            files.publish([staged])
+
+        publish([(1, b"a")])
+        with caplog.at_level("WARNING"):  # ~1.6 MB: its log fits, a copy of it does not
+            publish([(2, bytes(1_600_000))])
+        assert "working_db.sqlite: its write-ahead log could not be copied into it yet" \
+            in caplog.text, caplog.text
+        with closing(sqlite3.connect(path)) as reader:
+            assert [r[0] for r in reader.execute("SELECT id FROM things")] == [1, 2]
+        subprocess.run(["mount", "-o", "remount,size=20m", str(folder)], check=True)
+        publish([(3, b"c")])
+        backup = shutil.copy(path, tmp_path / "backup.sqlite")  # the file alone, no log
+        with closing(sqlite3.connect(backup)) as reader:
+            assert [r[0] for r in reader.execute("SELECT id FROM things")] == [1, 2, 3]
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

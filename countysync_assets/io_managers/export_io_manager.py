@@ -257,14 +257,7 @@ class OutputSet:
 
     def commit(self) -> None:
         """Publish every staged output (after ``stage``)."""
-        for position, write in enumerate(self.staged):
-            try:
-                write.commit()
-            except BaseException:
-                for later in self.staged[position + 1:]:
-                    later.rollback()
-                raise
-        self.files.checkpoint()
+        self.files.publish(self.staged)
 
     def publish(self) -> dict[str, dict]:
         """Stage, then publish every output; returns each output's metadata."""

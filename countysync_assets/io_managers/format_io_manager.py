@@ -153,11 +153,10 @@ class FormatIOManager(ConfigurableIOManager):
         files = OutputTransactions(self.lock_wait_seconds)
         staged = self.stage(OutputTarget.of(context), obj, files)
         try:
-            staged.commit()
+            files.publish([staged])
         except BaseException:
             staged.rollback()
             raise
-        files.checkpoint()
         context.add_output_metadata(staged.metadata)
 
     def load_input(self, context: InputContext) -> Any:

@@ -52,7 +52,7 @@ def is_locked(err: Exception) -> bool:
 def open_database(path: Path) -> sqlite3.Connection:
     """A connection with explicit transactions, in WAL mode where the file allows it (readers
     then never hold up a commit, and a killed writer leaves the file readable). It does not
-    checkpoint as it commits: ``OutputTransactions.checkpoint`` does, for every file at once.
+    checkpoint as it commits: ``OutputTransactions.publish`` does, for every file at once.
     Any one thread may use it (the checkpoints run on threads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, timeout=1, check_same_thread=False)
@@ -146,7 +146,19 @@ class OutputTransactions:
 
         return conn, StagedWrite(description, [commit], [lambda: abandon(conn)])
 
-    def checkpoint(self) -> None:
+    def publish(self, staged: list[StagedWrite]) -> None:
+        """Commit each staged write in turn (if one fails, the ones after it are rolled
+        back), then checkpoint every file this output wrote."""
+        for position, write in enumerate(staged):
+            try:
+                write.commit()
+            except BaseException:
+                for later in staged[position + 1:]:
+                    later.rollback()
+                raise
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
         """After every commit: copy each file's write-ahead log into it, all files at once,
         and close them. The rows are published already (a reader sees them in the log); this
         keeps the logs small, as SQLite's own checkpoint after a commit would, but the files'

@@ -26,6 +26,7 @@ from countysync_assets.io_managers.export_io_manager import (
     parse_formats,
 )
 from countysync_assets.jobs import reconcile_deletes_job, sync_job
+from countysync_assets.memory import freeze_loaded_objects
 from countysync_assets.resources.alert_mailer import AlertMailer
 from countysync_assets.resources.appraisal_release import (
     AppraisalDatabase,
@@ -126,3 +127,4 @@ defs = Definitions(
                "alert_mailer": alert_mailer_from_env(), **appraisal_resources_from_env()},
     executor=executor_from_env(),
 )
+freeze_loaded_objects()  # the code location is loaded: what it holds lives as long as it

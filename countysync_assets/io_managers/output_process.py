@@ -24,7 +24,7 @@ from dagster import Failure
 
 from countysync_assets.io_managers.format_io_manager import OutputTarget
 from countysync_assets.io_managers.output_transactions import OutputError
-from countysync_assets.memory import give_back_freed_batches
+from countysync_assets.memory import freeze_loaded_objects, give_back_freed_batches
 
 IN_FLIGHT = 2  # batches queued for the second process: bounds the memory both hold
 LOOK_SECONDS = 1.0  # how often a waiting side checks that the other still runs
@@ -119,6 +119,7 @@ def serve(manager_class: type, settings: dict, targets: list[OutputTarget], only
     answering ``stage``, ``commit`` and ``rollback`` on ``outbox``."""
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
     give_back_freed_batches()
+    freeze_loaded_objects()
     manager = manager_class(**settings)
     outputs = None
     try:

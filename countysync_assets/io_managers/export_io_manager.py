@@ -227,19 +227,17 @@ class OutputSet:
         by_file: dict[object, list[int]] = {}  # writers sharing a transaction: in turn
         for position, (_, writer) in enumerate(writers):
             by_file.setdefault(writer.database or position, []).append(position)
-        finished: dict[int, StagedWrite] = {}
 
-        def finish(positions: list[int]) -> None:
-            for position in positions:
-                finished[position] = writers[position][1].finish()
+        def finish(positions: list[int]) -> list[tuple[int, StagedWrite]]:
+            return [(position, writers[position][1].finish()) for position in positions]
 
         metadata: dict[str, dict] = {}
         try:
+            # raises the first failure once every thread has ended; then all are discarded
             with ThreadPoolExecutor(max(len(by_file), 1)) as pool:
-                waiting = [pool.submit(finish, positions) for positions in by_file.values()]
-            for future in waiting:
-                future.result()  # a failure: every writer is discarded below
-            self.staged.extend(finished[position] for position in sorted(finished))
+                finished = dict(pair for pairs in pool.map(finish, by_file.values())
+                                for pair in pairs)
+            self.staged.extend(finished[position] for position in range(len(writers)))
             for name in self.writers:
                 metadata[name] = {"formats": ", ".join(self.formats(name))}
                 if name in self.previews:

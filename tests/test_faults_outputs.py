@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import psutil
 import pytest
@@ -195,6 +196,22 @@ def mount(*args: str) -> None:
         skip_or_fail_in_ci(f"cannot mount here ({done.stderr.strip()})")
 
 
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A disk of ``size`` (tmpfs) mounted at the new folder ``folder`` while the block runs."""
+    folder.mkdir()
+    mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def grow(disk: Path, size: str) -> None:
+    """Give a ``small_disk`` more room (space freed)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
 def test_a_read_only_export_folder_fails_clearly(county, instance, tmp_path, reliability):
     url, exports, before = county
     mount("--bind", str(exports), str(exports))
@@ -215,10 +232,7 @@ def test_a_read_only_export_folder_fails_clearly(county, instance, tmp_path, rel
 
 def test_a_full_disk_fails_clearly_and_keeps_the_previous_outputs(demo_url, tmp_path,
                                                                    instance, reliability):
-    exports = tmp_path / "small"
-    exports.mkdir()
-    mount("-t", "tmpfs", "-o", "size=40m", "tmpfs", str(exports))
-    try:
+    with small_disk(tmp_path / "small", "40m") as exports:
         assert materialize_range(MasterParcelsSource(url=demo_url), exports, instance).success
         before = snapshot(exports)
         churn(demo_url, inserts=12_000, seed=3, now=AS_OF + timedelta(hours=3))
@@ -226,13 +240,10 @@ def test_a_full_disk_fails_clearly_and_keeps_the_previous_outputs(demo_url, tmp_
         assert not result.success
         message = failure(result)
         assert "the disk holding" in message and "is full" in message, message
-        # (a WAL database cannot even be read while its disk is full: space first)
-        subprocess.run(["mount", "-o", "remount,size=200m", str(exports)], check=True)
+        grow(exports, "200m")  # a WAL database cannot even be read while its disk is full
         assert snapshot(exports) == before, "a full disk must leave the outputs as they were"
         assert sync(demo_url, exports, instance).success
         assert_outputs_match_source(demo_url, exports, KEYS, file_keys=[])
-    finally:
-        subprocess.run(["umount", "-l", str(exports)], check=True)
     reliability(suite="export folder", case="full disk (tmpfs)", trials=1,
                 outcome="clear error, outputs unchanged, next run whole")
 
@@ -241,11 +252,9 @@ def test_a_checkpoint_the_full_disk_stops_warns_and_the_rows_stay_published(tmp_
     """Space for a commit's log but not for copying it into the database (a disk filling up
     in between): the write is published (readers see it in the log), a warning names the
     file, and once there is room the next publish copies the log in."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mount("-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder))
-    path = folder / "working_db.sqlite"
-    try:
+    with small_disk(tmp_path / "small", "3m") as folder:
+        path = folder / "working_db.sqlite"
+
         def publish(rows: list[tuple[int, bytes]]) -> None:
             files = OutputTransactions()
             conn, staged = files.begin(path, "things")
@@ -260,10 +269,8 @@ def test_a_checkpoint_the_full_disk_stops_warns_and_the_rows_stay_published(tmp_
             in caplog.text, caplog.text
         with closing(sqlite3.connect(path)) as reader:
             assert [r[0] for r in reader.execute("SELECT id FROM things")] == [1, 2]
-        subprocess.run(["mount", "-o", "remount,size=20m", str(folder)], check=True)
+        grow(folder, "20m")
         publish([(3, b"c")])
         backup = shutil.copy(path, tmp_path / "backup.sqlite")  # the file alone, no log
         with closing(sqlite3.connect(backup)) as reader:
             assert [r[0] for r in reader.execute("SELECT id FROM things")] == [1, 2, 3]
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -274,3 +274,37 @@ def test_a_checkpoint_the_full_disk_stops_warns_and_the_rows_stay_published(tmp_
         backup = shutil.copy(path, tmp_path / "backup.sqlite")  # the file alone, no log
         with closing(sqlite3.connect(backup)) as reader:
             assert [r[0] for r in reader.execute("SELECT id FROM things")] == [1, 2, 3]
+
+
+def test_a_commit_failing_part_way_keeps_what_it_published_and_holds_no_lock(tmp_path):
+    """Three files published in turn, the second's commit refused (a deferred constraint, as a
+    damaged file might refuse it): the first stays published and copied in from its log, the
+    second and third keep their rows as they were, and no file is left locked or open."""
+    paths = [tmp_path / f"{name}.sqlite" for name in ("first", "second", "third")]
+    for path in paths:
+        with closing(sqlite3.connect(path)) as conn:
+            conn.executescript("CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+                               "CREATE TABLE things (id INTEGER PRIMARY KEY, parent INTEGER "
+                               "REFERENCES parent DEFERRABLE INITIALLY DEFERRED);"
+                               "INSERT INTO parent VALUES (1); INSERT INTO things VALUES (1, 1)")
+    files = OutputTransactions()
+    staged = []
+    for path in paths:
+        conn, write = files.begin(path, path.name,
+                                  prepare=lambda c: c.execute("PRAGMA foreign_keys=ON"))
+        parent = 99 if path.name == "second.sqlite" else 1  # no parent 99: COMMIT fails
+        conn.execute("INSERT INTO things VALUES (2, ?)", (parent,))
+        staged.append(write)
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        files.publish(staged)
+    files.rollback()
+    backup = shutil.copy(paths[0], tmp_path / "backup.sqlite")  # the file alone, no log
+    held = {}
+    for path in [*paths, Path(backup)]:
+        with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # no lock left behind
+            held[path.name] = [row[0] for row in conn.execute("SELECT id FROM things")]
+            conn.execute("ROLLBACK")
+    assert held == {"first.sqlite": [1, 2], "second.sqlite": [1], "third.sqlite": [1],
+                    "backup.sqlite": [1, 2]}
+    assert not [f for f in psutil.Process().open_files() if f.path.startswith(str(tmp_path))]

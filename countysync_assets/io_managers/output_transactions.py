@@ -148,37 +148,28 @@ class OutputTransactions:
 
     def publish(self, staged: list[StagedWrite]) -> None:
         """Commit each staged write in turn (if one fails, the ones after it are rolled
-        back), then checkpoint every file this output wrote."""
-        for position, write in enumerate(staged):
-            try:
-                write.commit()
-            except BaseException:
-                for later in staged[position + 1:]:
-                    later.rollback()
-                raise
-        self._checkpoint()
+        back); as soon as a file is committed, its write-ahead log is copied into it, beside
+        the commits that follow and the other files' copies (a 1% sync of 1,000,000 parcels,
+        six runs each: publishing 0.86-1.25 s with the copies after the last commit, 0.71-1.09
+        s so)."""
+        with ThreadPoolExecutor(max(len(self._open), 1)) as pool:
+            for position, write in enumerate(staged):
+                try:
+                    write.commit()
+                except BaseException:
+                    for later in staged[position + 1:]:
+                        later.rollback()
+                    raise
+                for path, conn in self._committed():
+                    pool.submit(_checkpoint, path, conn)
 
-    def _checkpoint(self) -> None:
-        """After every commit: copy each file's write-ahead log into it, all files at once,
-        and close them. The rows are published already (a reader sees them in the log); this
-        keeps the logs small, as SQLite's own checkpoint after a commit would, but the files'
-        disk syncs overlap instead of following one another (a 1% sync of 1,000,000 parcels
-        spent ~0.55 s in three checkpoints in a row; its sync step 2.83 -> 2.60 s). Frames a
-        reader still uses are left to a later checkpoint, as SQLite's own would leave them."""
-        conns, self._open = list(self._open.items()), {}
-
-        def settle(path: Path, conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as err:
-                get_dagster_logger().warning(
-                    f"{path.name}: its write-ahead log could not be copied into it yet "
-                    f"({err}); the next sync does it. The outputs are published.")
-            finally:
-                abandon(conn)
-
-        with ThreadPoolExecutor(max(len(conns), 1)) as pool:
-            list(pool.map(lambda item: settle(*item), conns))
+    def _committed(self) -> list[tuple[Path, sqlite3.Connection]]:
+        """The open files whose transaction is committed, no longer this output's to roll
+        back."""
+        done = [(path, conn) for path, conn in self._open.items() if not conn.in_transaction]
+        for path, _ in done:
+            del self._open[path]
+        return done
 
     def rollback(self) -> None:
         """Roll back and close every transaction still open (a failed output), so no lock
@@ -186,6 +177,23 @@ class OutputTransactions:
         for conn in self._open.values():
             abandon(conn)
         self._open.clear()
+
+
+def _checkpoint(path: Path, conn: sqlite3.Connection) -> None:
+    """After a file's commit: copy its write-ahead log into it and close it. The rows are
+    published already (a reader sees them in the log); this keeps the log small, as SQLite's
+    own checkpoint after a commit would, but the files' disk syncs overlap instead of
+    following one another (a 1% sync of 1,000,000 parcels spent ~0.55 s in three checkpoints
+    in a row; its sync step 2.83 -> 2.60 s). Frames a reader still uses are left to a later
+    checkpoint, as SQLite's own would leave them."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as err:
+        get_dagster_logger().warning(
+            f"{path.name}: its write-ahead log could not be copied into it yet ({err}); the "
+            "next sync does it. The outputs are published.")
+    finally:
+        abandon(conn)
 
 
 # Room a run needs on the export disk, as a multiple of the size its rows have in memory: the

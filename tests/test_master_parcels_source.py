@@ -84,6 +84,20 @@ def test_a_sync_reads_only_the_columns_its_outputs_hold(demo_url):
     assert "legal_description" in extract(source)
 
 
+def test_outlines_are_read_only_when_an_output_holds_them(demo_url):
+    """Tables only (no GeoPackage, GeoJSON or raw mirror): the pages leave the geometry in
+    the database; the same rows come either way."""
+    source = MasterParcelsSource(url=demo_url, batch_size=500)
+    window = TimeWindow(*WINDOW)
+    with_outlines = pd.concat([good for good, _ in checked_batches(source, window)])
+    tables_only = pd.concat([good for good, _ in checked_batches(source, window,
+                                                                 outlines=False)])
+    assert {"geometry", SRID_COLUMN} <= set(with_outlines.columns)
+    assert not {"geometry", SRID_COLUMN} & set(tables_only.columns)
+    pd.testing.assert_frame_equal(tables_only, with_outlines[tables_only.columns])
+    assert with_outlines["geometry"].notna().all() and len(tables_only) > 0
+
+
 def as_sqlalchemy_reads(url: str, ids: list[int], columns: list[str]) -> list[list]:
     engine = sa.create_engine(url)
     table = sa.Table("MasterParcels", sa.MetaData(), autoload_with=engine)
@@ -255,12 +269,17 @@ def test_sql_server_page_reads_geometry_as_wkb_with_srid_and_binds_values():
 def test_sql_server_page_names_only_the_columns_asked_for():
     source = sql_server()
     source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
-    sql = str(source.changed_rows_query(*WINDOW, columns=["parcel_id"]).compile(
-        dialect=mssql.dialect()))
-    selected = sql.split(" FROM ")[0]
-    assert "[MasterParcels].parcel_id" in selected and "owner" not in selected
-    assert "[MasterParcels].id" in selected and "STAsBinary() AS geometry" in selected
-    assert "updated_at" in selected
+    def selected(columns: list[str]) -> str:
+        return str(source.changed_rows_query(*WINDOW, columns=columns).compile(
+            dialect=mssql.dialect())).split(" FROM ")[0]
+
+    outlines = selected(["parcel_id", "geometry"])
+    assert "[MasterParcels].parcel_id" in outlines and "owner" not in outlines
+    assert "[MasterParcels].id" in outlines and "STAsBinary() AS geometry" in outlines
+    assert ".STSrid AS geometry_srid" in outlines and "updated_at" in outlines
+    tables_only = selected(["parcel_id"])
+    assert "STAsBinary" not in tables_only and "STSrid" not in tables_only
+    assert "[MasterParcels].id" in tables_only and "updated_at" in tables_only
 
 
 def test_sql_server_key_census_flags_rows_with_a_case_and_binds_the_range():

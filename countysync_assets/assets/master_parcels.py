@@ -26,7 +26,11 @@ from countysync_assets.assets.row_checks import check_rows
 from countysync_assets.assets.stats import STORAGE as STATS_STORAGE
 from countysync_assets.assets.working import STORAGE as WORKING_STORAGE
 from countysync_assets.io_managers.format_io_manager import FIRST_WRITE, SUPERSEDES
-from countysync_assets.resources.master_parcels_source import SRID_COLUMN, MasterParcelsSource
+from countysync_assets.resources.master_parcels_source import (
+    GEOMETRY,
+    SRID_COLUMN,
+    MasterParcelsSource,
+)
 
 COLUMNS = {
     **PARCEL_COLUMNS,
@@ -72,16 +76,18 @@ REJECTS_SPEC = AssetSpec(
 SYNCED = {**PUBLISHED, "parcel_rejects": dict(REJECTS_SPEC.metadata)}
 
 
-def checked_batches(source: MasterParcelsSource, window: TimeWindow
+def checked_batches(source: MasterParcelsSource, window: TimeWindow, outlines: bool = True
                     ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(good rows, rejects) of each batch the source reads for ``window``: canonical column
-    names, typed, checked. The first batch comes even if empty, so every output gets its
+    names, typed, checked; with the geometry if ``outlines`` (no output wants it when only
+    tables are configured). The first batch comes even if empty, so every output gets its
     columns."""
     # only what the outputs hold: a county's master table has many more columns
-    for batch in source.iter_changed_batches(window.start, window.end, PARCEL_COLUMNS):
+    columns = [*PARCEL_COLUMNS, GEOMETRY] if outlines else list(PARCEL_COLUMNS)
+    for batch in source.iter_changed_batches(window.start, window.end, columns):
         frame = batch.rename(columns={source.key_column: "id",
                                       source.cursor_column: "updated_at",
-                                      source.geometry_column: "geometry"})
+                                      source.geometry_column: GEOMETRY})
         missing = [column for column in PARCEL_COLUMNS if column not in frame]
         if missing:  # else existing parcels would keep stale values and new ones get NULL
             raise Failure(

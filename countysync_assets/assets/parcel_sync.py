@@ -60,9 +60,11 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
         outputs = io_manager.open_outputs(targets, rows)  # a big run: on both cores
         geometry_wanted = bool(outputs.formats("parcel_geometry") or
                                outputs.formats("geometry_rejects"))
+        raw_wanted = bool(outputs.formats("master_parcels"))
         change_map = ChangeMap()
         try:
-            batches = master_parcels.checked_batches(source, window)
+            batches = master_parcels.checked_batches(source, window,
+                                                     outlines=geometry_wanted or raw_wanted)
             for position, (good, rejects) in enumerate(batches):
                 if position == 0 and len(good):
                     # room for the whole window, judged by its first batch, before any write
@@ -74,7 +76,9 @@ def parcel_sync(context: AssetExecutionContext, source: MasterParcelsSource,
                         f"{len(rejects)} row(s) cannot be published and are listed in "
                         f"parcel_rejects (e.g. id {rejects['id'].iloc[0]}: "
                         f"{rejects['reason'].iloc[0]}).")
-                batch = {"master_parcels": good[list(master_parcels.COLUMNS)],
+                # not stored: the rows as read, for its figures and the rejects they clear
+                batch = {"master_parcels": good[list(master_parcels.COLUMNS)] if raw_wanted
+                         else good,
                          "parcel_rejects": rejects,
                          "working": good[list(working.COLUMNS)],
                          "stats": good[list(stats.COLUMNS)]}

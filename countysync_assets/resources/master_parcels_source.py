@@ -26,6 +26,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 DEFAULT_DEMO_PATH = "data/demo_source.sqlite"
+# What a caller asks for the geometry column by, whatever the table calls it
+GEOMETRY = "geometry"
 SRID_COLUMN = "geometry_srid"
 # Why a row's cursor value could not be read as a time (None where it could): the row checks
 # turn it into a reject reason.
@@ -325,14 +327,16 @@ class MasterParcelsSource(ConfigurableResource):
 
     def _selected_columns(self, table: sa.Table, wanted: Collection[str] | None = None
                           ) -> list[sa.ColumnElement]:
-        """The key, cursor and geometry, and the ``wanted`` columns the table has (None: every
-        column): a master table's other columns (legal descriptions, deed references) are
-        never read. The cursor as stored (see ``_cursor_raw``); on SQL Server the geometry as
-        WKB plus its SRID."""
-        always = {self.key_column, self.cursor_column, self.geometry_column}
+        """The key and cursor, and the ``wanted`` columns the table has (None: every column;
+        ``geometry`` names the geometry column, whatever the table calls it): a master
+        table's other columns (legal descriptions, deed references) are never read, nor the
+        outlines when no output needs them. The cursor as stored (see ``_cursor_raw``); on
+        SQL Server the geometry as WKB plus its SRID."""
+        always = {self.key_column, self.cursor_column}
         columns: list[sa.ColumnElement] = []
         for column in table.columns:
-            if wanted is not None and column.name not in always and column.name not in wanted:
+            name = GEOMETRY if column.name == self.geometry_column else column.name
+            if wanted is not None and column.name not in always and name not in wanted:
                 continue
             if column.name == self.geometry_column and self.dialect_name == "mssql":
                 columns.append(STAsBinary(column).label(column.name))
@@ -407,15 +411,16 @@ class MasterParcelsSource(ConfigurableResource):
     def iter_changed_batches(self, start: datetime, end: datetime,
                              columns: Collection[str] | None = None) -> Iterator[pd.DataFrame]:
         """Stream the rows whose cursor falls in [start, end) as DataFrames of batch_size rows:
-        the key, cursor and geometry, and those of ``columns`` the table has (None: every
-        column).
+        the key and cursor, and those of ``columns`` the table has (None: every column; see
+        ``_selected_columns``).
 
         Cursor timestamps come back as UTC ``datetime64[us, UTC]``, NaT where a value cannot be
-        read as a time, with the reason in ``cursor_problem``; the geometry as stored (WKT
-        text or WKB bytes, WKB on SQL Server) with its SRID in ``geometry_srid``.
+        read as a time, with the reason in ``cursor_problem``; the geometry (if asked for) as
+        stored (WKT text or WKB bytes, WKB on SQL Server) with its SRID in ``geometry_srid``.
         """
         table = self.table_ref()
-        srid = None if self.dialect_name == "mssql" else self.resolve_srid()
+        outlines = columns is None or GEOMETRY in columns
+        srid = self.resolve_srid() if outlines and self.dialect_name != "mssql" else None
         after = None
         with self._reading(), self.get_engine().connect() as conn:
             while True:

@@ -269,15 +269,16 @@ def test_sql_server_page_reads_geometry_as_wkb_with_srid_and_binds_values():
 def test_sql_server_page_names_only_the_columns_asked_for():
     source = sql_server()
     source._table = parcels_table(sa.MetaData())  # stands in for the reflected table
-    def selected(columns: list[str]) -> str:
-        return str(source.changed_rows_query(*WINDOW, columns=columns).compile(
-            dialect=mssql.dialect())).split(" FROM ")[0]
 
-    outlines = selected(["parcel_id", "geometry"])
-    assert "[MasterParcels].parcel_id" in outlines and "owner" not in outlines
-    assert "[MasterParcels].id" in outlines and "STAsBinary() AS geometry" in outlines
-    assert ".STSrid AS geometry_srid" in outlines and "updated_at" in outlines
-    tables_only = selected(["parcel_id"])
+    def selected(outlines: bool) -> str:
+        return str(source.changed_rows_query(*WINDOW, columns=["parcel_id"], outlines=outlines)
+                   .compile(dialect=mssql.dialect())).split(" FROM ")[0]
+
+    with_outlines = selected(outlines=True)
+    assert "[MasterParcels].parcel_id" in with_outlines and "owner" not in with_outlines
+    assert "[MasterParcels].id" in with_outlines and "STAsBinary() AS geometry" in with_outlines
+    assert ".STSrid AS geometry_srid" in with_outlines and "updated_at" in with_outlines
+    tables_only = selected(outlines=False)
     assert "STAsBinary" not in tables_only and "STSrid" not in tables_only
     assert "[MasterParcels].id" in tables_only and "updated_at" in tables_only
 

@@ -21,8 +21,9 @@ OUTAGES = {"left": 1}  # how many extracts still lose their connection
 class KilledMidExtract(MasterParcelsSource):
     """The source as it is, except that the server drops the connection after one page."""
 
-    def iter_changed_batches(self, start, end, columns=None):
-        for number, batch in enumerate(super().iter_changed_batches(start, end, columns)):
+    def iter_changed_batches(self, start, end, *args, **kwargs):
+        for number, batch in enumerate(super().iter_changed_batches(start, end, *args,
+                                                                    **kwargs)):
             yield batch
             if number == 0 and OUTAGES["left"]:
                 OUTAGES["left"] -= 1

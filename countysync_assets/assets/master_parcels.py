@@ -26,11 +26,7 @@ from countysync_assets.assets.row_checks import check_rows
 from countysync_assets.assets.stats import STORAGE as STATS_STORAGE
 from countysync_assets.assets.working import STORAGE as WORKING_STORAGE
 from countysync_assets.io_managers.format_io_manager import FIRST_WRITE, SUPERSEDES
-from countysync_assets.resources.master_parcels_source import (
-    GEOMETRY,
-    SRID_COLUMN,
-    MasterParcelsSource,
-)
+from countysync_assets.resources.master_parcels_source import SRID_COLUMN, MasterParcelsSource
 
 COLUMNS = {
     **PARCEL_COLUMNS,
@@ -83,11 +79,11 @@ def checked_batches(source: MasterParcelsSource, window: TimeWindow, outlines: b
     tables are configured). The first batch comes even if empty, so every output gets its
     columns."""
     # only what the outputs hold: a county's master table has many more columns
-    columns = [*PARCEL_COLUMNS, GEOMETRY] if outlines else list(PARCEL_COLUMNS)
-    for batch in source.iter_changed_batches(window.start, window.end, columns):
+    for batch in source.iter_changed_batches(window.start, window.end, PARCEL_COLUMNS,
+                                             outlines=outlines):
         frame = batch.rename(columns={source.key_column: "id",
                                       source.cursor_column: "updated_at",
-                                      source.geometry_column: GEOMETRY})
+                                      source.geometry_column: "geometry"})
         missing = [column for column in PARCEL_COLUMNS if column not in frame]
         if missing:  # else existing parcels would keep stale values and new ones get NULL
             raise Failure(

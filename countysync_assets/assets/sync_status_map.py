@@ -45,11 +45,7 @@ from countysync_assets.assets.master_parcels import REJECTS_STORAGE, SYNCED
 from countysync_assets.assets.parcel_geometry import parse_geometry
 from countysync_assets.io_managers.export_io_manager import ExportIOManager
 from countysync_assets.io_managers.publishing import export_path, temp_sibling
-from countysync_assets.resources.master_parcels_source import (
-    GEOMETRY,
-    SRID_COLUMN,
-    MasterParcelsSource,
-)
+from countysync_assets.resources.master_parcels_source import SRID_COLUMN, MasterParcelsSource
 
 COLOURS = {"synced": "#1a9850", "pending": "#f2c200", "error": "#d73027"}
 LAYER = TARGETS["parcel_geometry"]
@@ -153,7 +149,7 @@ def sync_status_map(config: StatusMapConfig, source: MasterParcelsSource,
     counts["pending"] += int((status == "pending").sum())
     # every parcel kept out with a reason, and the rows whose key is no whole number
     counts["error"] += len(rejected.index.difference(held_ids)) + int((~whole).sum())
-    rows = source.rows_with_keys(missing.tolist(), columns=["parcel_id", GEOMETRY])
+    rows = source.rows_with_keys(missing.tolist(), columns=["parcel_id"])
     if len(rows):
         rows = rows.rename(columns={source.key_column: "id",
                                     source.geometry_column: "geometry"})

@@ -150,8 +150,8 @@ class OutputTransactions:
         """Commit each staged write in turn (if one fails, the ones after it are rolled
         back); as soon as a file is committed, its write-ahead log is copied into it, beside
         the commits that follow and the other files' copies (a 1% sync of 1,000,000 parcels,
-        six runs each: publishing 0.86-1.25 s with the copies after the last commit, 0.71-1.09
-        s so)."""
+        six runs each: publishing took 0.86-1.25 s with every copy after the last commit,
+        0.71-1.09 s with each after its own)."""
         with ThreadPoolExecutor(max(len(self._open), 1)) as pool:
             for position, write in enumerate(staged):
                 try:

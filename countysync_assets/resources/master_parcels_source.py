@@ -26,8 +26,6 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 DEFAULT_DEMO_PATH = "data/demo_source.sqlite"
-# What a caller asks for the geometry column by, whatever the table calls it
-GEOMETRY = "geometry"
 SRID_COLUMN = "geometry_srid"
 # Why a row's cursor value could not be read as a time (None where it could): the row checks
 # turn it into a reject reason.
@@ -325,18 +323,20 @@ class MasterParcelsSource(ConfigurableResource):
 
     # ----- queries ----------------------------------------------------------------------------
 
-    def _selected_columns(self, table: sa.Table, wanted: Collection[str] | None = None
-                          ) -> list[sa.ColumnElement]:
-        """The key and cursor, and the ``wanted`` columns the table has (None: every column;
-        ``geometry`` names the geometry column, whatever the table calls it): a master
-        table's other columns (legal descriptions, deed references) are never read, nor the
-        outlines when no output needs them. The cursor as stored (see ``_cursor_raw``); on
-        SQL Server the geometry as WKB plus its SRID."""
+    def _selected_columns(self, table: sa.Table, wanted: Collection[str] | None = None,
+                          outlines: bool = True) -> list[sa.ColumnElement]:
+        """The key and cursor, the geometry if ``outlines``, and the ``wanted`` columns the
+        table has (None: every column): a master table's other columns (legal descriptions,
+        deed references) are never read, nor the outlines when no output holds them. The
+        cursor as stored (see ``_cursor_raw``); on SQL Server the geometry as WKB plus its
+        SRID."""
         always = {self.key_column, self.cursor_column}
         columns: list[sa.ColumnElement] = []
         for column in table.columns:
-            name = GEOMETRY if column.name == self.geometry_column else column.name
-            if wanted is not None and column.name not in always and name not in wanted:
+            if column.name == self.geometry_column:
+                if not outlines:
+                    continue
+            elif wanted is not None and column.name not in always and column.name not in wanted:
                 continue
             if column.name == self.geometry_column and self.dialect_name == "mssql":
                 columns.append(STAsBinary(column).label(column.name))
@@ -375,10 +375,11 @@ class MasterParcelsSource(ConfigurableResource):
 
     def changed_rows_query(self, start: datetime, end: datetime,
                            after: tuple[object, object] | None = None,
-                           columns: Collection[str] | None = None) -> sa.Select:
+                           columns: Collection[str] | None = None,
+                           outlines: bool = True) -> sa.Select:
         """One keyset page of rows with start <= cursor < end, after (cursor, key) ``after``
         (the last row of the previous page: as the driver returned it, on SQL Server its
-        ``page_cursor`` text); ``columns`` as in ``_selected_columns``.
+        ``page_cursor`` text); ``columns`` and ``outlines`` as in ``_selected_columns``.
 
         Keyset pagination on (cursor, key) keeps every page an index seek, where OFFSET/FETCH
         would re-scan all the skipped rows. A later page's one lower bound on the cursor is
@@ -392,7 +393,7 @@ class MasterParcelsSource(ConfigurableResource):
         """
         table = self.table_ref()
         cursor, key = table.c[self.cursor_column], table.c[self.key_column]
-        selected = self._selected_columns(table, columns)
+        selected = self._selected_columns(table, columns, outlines)
         if self.dialect_name == "mssql":
             selected.append(self._cursor_text(table).label(PAGE_CURSOR))
         query = sa.select(*selected) \
@@ -409,22 +410,23 @@ class MasterParcelsSource(ConfigurableResource):
             cursor >= last_cursor, sa.or_(cursor > last_cursor, key > last_key))
 
     def iter_changed_batches(self, start: datetime, end: datetime,
-                             columns: Collection[str] | None = None) -> Iterator[pd.DataFrame]:
+                             columns: Collection[str] | None = None, outlines: bool = True
+                             ) -> Iterator[pd.DataFrame]:
         """Stream the rows whose cursor falls in [start, end) as DataFrames of batch_size rows:
-        the key and cursor, and those of ``columns`` the table has (None: every column; see
-        ``_selected_columns``).
+        the key and cursor, the geometry if ``outlines``, and those of ``columns`` the table
+        has (None: every column).
 
         Cursor timestamps come back as UTC ``datetime64[us, UTC]``, NaT where a value cannot be
-        read as a time, with the reason in ``cursor_problem``; the geometry (if asked for) as
+        read as a time, with the reason in ``cursor_problem``; the geometry (if read) as
         stored (WKT text or WKB bytes, WKB on SQL Server) with its SRID in ``geometry_srid``.
         """
         table = self.table_ref()
-        outlines = columns is None or GEOMETRY in columns
         srid = self.resolve_srid() if outlines and self.dialect_name != "mssql" else None
         after = None
         with self._reading(), self.get_engine().connect() as conn:
             while True:
-                batch = self._page(conn, self.changed_rows_query(start, end, after, columns))
+                batch = self._page(conn, self.changed_rows_query(start, end, after, columns,
+                                                                 outlines))
                 if batch.empty and after is not None:
                     return
                 exact = batch.pop(PAGE_CURSOR) if PAGE_CURSOR in batch \

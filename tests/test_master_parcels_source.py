@@ -98,6 +98,17 @@ def test_outlines_are_read_only_when_an_output_holds_them(demo_url):
     assert with_outlines["geometry"].notna().all() and len(tables_only) > 0
 
 
+def test_rows_by_key_leave_the_outlines_in_the_database_when_asked(demo_url):
+    """The reconciliation asks only whether keys still exist: key and cursor, no outline."""
+    source = MasterParcelsSource(url=demo_url)
+    keys = [*source_ids(demo_url, *WINDOW)[:5], -1]  # -1: no such parcel
+    drawn = source.rows_with_keys(keys, columns=["parcel_id"])
+    known = source.rows_with_keys(keys, columns=[], outlines=False)
+    assert {"geometry", SRID_COLUMN, "parcel_id"} <= set(drawn.columns)
+    assert set(known.columns) == {"id", "updated_at"}
+    assert sorted(known["id"]) == sorted(drawn["id"]) == keys[:5]
+
+
 def as_sqlalchemy_reads(url: str, ids: list[int], columns: list[str]) -> list[list]:
     engine = sa.create_engine(url)
     table = sa.Table("MasterParcels", sa.MetaData(), autoload_with=engine)

@@ -141,7 +141,7 @@ def source_rows_published(context: AssetCheckExecutionContext, source: MasterPar
     # changed in the source since, or deleted there
     moved = published.difference(pd.Index(synced)).tolist()
     gone = pd.Series(pd.Index(moved).difference(
-        source.rows_with_keys(moved, columns=[])[source.key_column]))
+        source.rows_with_keys(moved, columns=[], outlines=False)[source.key_column]))
     # more held than the source has: deletes the nightly delete check will remove (and name;
     # naming them here would read every id after every sync)
     deleted = max(len(gone), published_count + rejected_count - in_source)

@@ -333,10 +333,8 @@ class MasterParcelsSource(ConfigurableResource):
         always = {self.key_column, self.cursor_column}
         columns: list[sa.ColumnElement] = []
         for column in table.columns:
-            if column.name == self.geometry_column:
-                if not outlines:
-                    continue
-            elif wanted is not None and column.name not in always and column.name not in wanted:
+            if not (outlines if column.name == self.geometry_column else
+                    wanted is None or column.name in always or column.name in wanted):
                 continue
             if column.name == self.geometry_column and self.dialect_name == "mssql":
                 columns.append(STAsBinary(column).label(column.name))
@@ -617,23 +615,25 @@ class MasterParcelsSource(ConfigurableResource):
             rows, keyless, unplaced = conn.execute(self.key_counts_query(until)).one()
         return int(rows) - int(keyless), int(rows) - int(unplaced)
 
-    def rows_with_keys(self, keys: list, columns: Collection[str] | None = None
-                       ) -> pd.DataFrame:
+    def rows_with_keys(self, keys: list, columns: Collection[str] | None = None,
+                       outlines: bool = True) -> pd.DataFrame:
         """The rows with these keys (a few thousand at most: parcels a map must draw that no
-        output holds), their key, cursor and geometry and those of ``columns`` the table has
-        (None: every column), each as ``iter_changed_batches`` reads it, the cursor as
-        stored. Keys are bound in chunks below SQL Server's 2,100-parameter limit."""
+        output holds), their key and cursor, the geometry if ``outlines``, and those of
+        ``columns`` the table has (None: every column), each as ``iter_changed_batches``
+        reads it, the cursor as stored. Keys are bound in chunks below SQL Server's
+        2,100-parameter limit."""
         table = self.table_ref()
         key = table.c[self.key_column]
+        selected = self._selected_columns(table, columns, outlines)
         frames = []
         with self._reading(), self.get_engine().connect() as conn:
             for start in range(0, len(keys), 1000):
-                result = conn.execute(sa.select(*self._selected_columns(table, columns))
+                result = conn.execute(sa.select(*selected)
                                       .where(key.in_(keys[start:start + 1000])))
                 frames.append(pd.DataFrame(result.fetchall(), columns=list(result.keys())))
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=[c.name for c in self._selected_columns(table, columns)])
-        if SRID_COLUMN not in rows:
+            columns=[c.name for c in selected])
+        if outlines and SRID_COLUMN not in rows:
             rows[SRID_COLUMN] = self.resolve_srid()
         return rows
 

@@ -48,6 +48,16 @@ def plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _census_batch(rows: list[tuple]) -> pd.DataFrame:
+    """Census rows (key, flag) as columns: whole-number keys, the usual, through one numpy
+    array (half the time of a frame built from tuples: 0.15 s a million); any other key (a
+    text or fractional one a bad row holds) as the driver returned it."""
+    pairs = np.array(rows)
+    if pairs.dtype.kind != "i":
+        return pd.DataFrame(rows, columns=["id", "inside"])
+    return pd.DataFrame({"id": pairs[:, 0], "inside": pairs[:, 1]})
+
+
 def _count_where(table: sa.Table, *where: sa.ColumnElement) -> sa.ScalarSelect:
     """``SELECT count(*)`` of ``table``'s rows that match ``where``, as a scalar subquery."""
     return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
@@ -592,7 +602,7 @@ class MasterParcelsSource(ConfigurableResource):
             raw = conn.execute(self.key_census_query(since, until, only_inside)).cursor
             with _driver_errors(conn.dialect):
                 while rows := raw.fetchmany(self.batch_size):
-                    frames.append(pd.DataFrame(rows, columns=["id", "inside"]))
+                    frames.append(_census_batch(rows))
         census = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
             {"id": pd.Series([], dtype="int64"), "inside": pd.Series([], dtype="int64")})
         return census.astype({"inside": bool})

@@ -2,10 +2,13 @@
 
 SQL Server cannot run on these machines. Its path is tested by compiling the statements with
 SQLAlchemy's mssql dialect (the reflected table is stood in for by the demo schema, the one
-part that needs a live server) and by a real pyodbc + FreeTDS connection attempt to a port
-where nothing listens.
+part that needs a live server), by a real pyodbc + FreeTDS connection attempt to a port
+where nothing listens, and by reading pyodbc's own rows (what its driver returns) through
+SQLite's ODBC driver.
 """
 
+import sqlite3
+from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
@@ -23,6 +26,8 @@ from countysync_assets.resources.master_parcels_source import (
     SRID_COLUMN,
     MasterParcelsSource,
     SourceError,
+    _census_batch,
+    _rows_frame,
 )
 
 WINDOW = (AS_OF - timedelta(days=4), AS_OF)
@@ -373,6 +378,51 @@ def test_sql_server_unreachable_through_freetds_is_a_clear_error():
     assert "host 127.0.0.1, database Assessor" in message
     assert "Pa55-w0rd!" not in message
     assert "ODBC driver" in message
+
+
+def odbc_rows(path, query: str) -> list:
+    """What pyodbc, SQL Server's driver, returns for ``query``: its own ``Row`` objects, not
+    tuples. SQL Server cannot run here; SQLite's ODBC driver gives real pyodbc rows of a real
+    file."""
+    import pyodbc
+
+    if "SQLite3" not in pyodbc.drivers():
+        skip_or_fail_in_ci("SQLite's ODBC driver (Debian package libsqliteodbc) is not installed")
+    with closing(pyodbc.connect(f"DRIVER={{SQLite3}};Database={path}")) as odbc:
+        rows = odbc.execute(query).fetchall()
+    assert rows and not isinstance(rows[0], tuple)  # pyodbc.Row
+    return rows
+
+
+def sqlite3_rows(path, query: str) -> list[tuple]:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(query).fetchall()
+
+
+def test_a_page_of_pyodbc_rows_becomes_the_frame_tuples_make(demo_url):
+    """A source page read through the driver's own cursor (no SQLAlchemy rows) is a frame of
+    every column whatever the driver's row type (pandas' constructor took each pyodbc row
+    for one value: a one-column frame, and an error)."""
+    path = demo_url.removeprefix("sqlite:///")
+    columns = ["id", "parcel_id", "owner", "acres", "assessed_value"]
+    query = f'SELECT {", ".join(columns)} FROM "MasterParcels" ORDER BY id'
+    frame = _rows_frame(odbc_rows(path, query), columns)
+    pd.testing.assert_frame_equal(frame, _rows_frame(sqlite3_rows(path, query), columns))
+    assert len(frame) == 2_000 and frame["parcel_id"].notna().all()
+
+
+@pytest.mark.parametrize("key", ["id", "parcel_id"])  # a county may key on parcel numbers
+def test_a_census_of_pyodbc_rows_lists_the_keys_tuples_list(demo_url, key):
+    """The reconciliation's key census takes pyodbc's rows as it takes sqlite3's tuples, for
+    whole-number keys (one numpy array) and text ones (the frame of the rows)."""
+    path = demo_url.removeprefix("sqlite:///")
+    query = (f'SELECT {key}, CASE WHEN id % 3 = 0 THEN 1 ELSE 0 END FROM "MasterParcels" '
+             "ORDER BY id")
+    census = _census_batch(odbc_rows(path, query))
+    pd.testing.assert_frame_equal(census, _census_batch(sqlite3_rows(path, query)))
+    keys = pd.Series([row[0] for row in sqlite3_rows(path, query)], name="id")
+    pd.testing.assert_series_equal(census["id"], keys, check_dtype=False)
+    assert set(census["inside"]) == {0, 1}
 
 
 def test_repeated_hour_at_the_end_of_dst_does_not_stop_the_sync(demo_url):

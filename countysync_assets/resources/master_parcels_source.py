@@ -8,7 +8,7 @@ batches. Values are always bound parameters; the password is never shown.
 """
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,13 +48,20 @@ def plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _census_batch(rows: list[tuple]) -> pd.DataFrame:
+def _rows_frame(rows: Sequence, columns: list[str]) -> pd.DataFrame:
+    """The driver's own rows as a frame: sqlite3's and psycopg's tuples, or pyodbc's ``Row``
+    objects (SQL Server), which pandas' constructor takes for single values (one column of
+    rows); ``from_records`` reads both, as fast as the constructor reads tuples."""
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def _census_batch(rows: Sequence) -> pd.DataFrame:
     """Census rows (key, flag) as columns: whole-number keys, the usual, through one numpy
     array (half the time of a frame built from tuples: 0.15 s a million); any other key (a
-    text or fractional one a bad row holds) as the driver returned it."""
+    text key, or a fractional one a bad row holds) as the driver returned it."""
     pairs = np.array(rows)
     if pairs.dtype.kind != "i":
-        return pd.DataFrame(rows, columns=["id", "inside"])
+        return _rows_frame(rows, ["id", "inside"])
     return pd.DataFrame({"id": pairs[:, 0], "inside": pairs[:, 1]})
 
 
@@ -463,7 +470,7 @@ class MasterParcelsSource(ConfigurableResource):
             else:
                 with closing(result), _driver_errors(conn.dialect):
                     rows = result.cursor.fetchall()
-            return pd.DataFrame(rows, columns=list(result.keys()))
+            return _rows_frame(rows, list(result.keys()))
 
         if self.dialect_name != "sqlite":
             return fetch()

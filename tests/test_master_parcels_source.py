@@ -380,7 +380,7 @@ def test_sql_server_unreachable_through_freetds_is_a_clear_error():
     assert "ODBC driver" in message
 
 
-def odbc_rows(path, query: str) -> list:
+def odbc_rows(path: str, query: str) -> list:
     """What pyodbc, SQL Server's driver, returns for ``query``: its own ``Row`` objects, not
     tuples. SQL Server cannot run here; SQLite's ODBC driver gives real pyodbc rows of a real
     file."""
@@ -394,7 +394,7 @@ def odbc_rows(path, query: str) -> list:
     return rows
 
 
-def sqlite3_rows(path, query: str) -> list[tuple]:
+def sqlite3_rows(path: str, query: str) -> list[tuple]:
     with closing(sqlite3.connect(path)) as db:
         return db.execute(query).fetchall()
 
@@ -418,9 +418,9 @@ def test_a_census_of_pyodbc_rows_lists_the_keys_tuples_list(demo_url, key):
     path = demo_url.removeprefix("sqlite:///")
     query = (f'SELECT {key}, CASE WHEN id % 3 = 0 THEN 1 ELSE 0 END FROM "MasterParcels" '
              "ORDER BY id")
-    census = _census_batch(odbc_rows(path, query))
-    pd.testing.assert_frame_equal(census, _census_batch(sqlite3_rows(path, query)))
-    keys = pd.Series([row[0] for row in sqlite3_rows(path, query)], name="id")
+    census, tuples = _census_batch(odbc_rows(path, query)), sqlite3_rows(path, query)
+    pd.testing.assert_frame_equal(census, _census_batch(tuples))
+    keys = pd.Series([row[0] for row in tuples], name="id")
     pd.testing.assert_series_equal(census["id"], keys, check_dtype=False)
     assert set(census["inside"]) == {0, 1}
 
